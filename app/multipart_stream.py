@@ -1,0 +1,116 @@
+"""Streaming multipart/form-data: file parts go straight into staged blob files (hashed as they are
+written), small fields into memory. Starlette's own parser spools every file to a temporary file first
+and the route then copies it again; this writes each byte once, which is where upload speed comes from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from registry.blobstore import BlobStore, StagedFile
+from registry.errors import InvalidInput, TooLarge
+
+MAX_FIELD_BYTES = 256 * 1024
+
+
+@dataclass
+class ParsedForm:
+    fields: dict[str, list[str]] = field(default_factory=dict)
+    files: dict[str, list[tuple[str, StagedFile]]] = field(default_factory=dict)  # field -> [(filename, staged)]
+
+    def field(self, name: str, default: str | None = None) -> str | None:
+        values = self.fields.get(name)
+        return values[-1] if values else default
+
+    def discard(self) -> None:
+        for parts in self.files.values():
+            for _, staged in parts:
+                staged.discard()
+
+
+class _Collector:
+    def __init__(self, store: BlobStore, file_fields: set[str], max_file_bytes: int):
+        self.store, self.file_fields, self.max_file_bytes = store, file_fields, max_file_bytes
+        self.form = ParsedForm()
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[bytes, bytes] = {}
+        self._name: str | None = None
+        self._staged: StagedFile | None = None
+        self._buffer = bytearray()
+
+    def callbacks(self):
+        return {
+            "on_part_begin": self._part_begin, "on_part_data": self._part_data, "on_part_end": self._part_end,
+            "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),
+            "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
+            "on_header_end": self._header_end, "on_headers_finished": self._headers_finished,
+        }
+
+    def _part_begin(self):
+        self._headers, self._name, self._staged = {}, None, None
+        self._buffer = bytearray()
+
+    def _header_end(self):
+        self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _headers_finished(self):
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        self._name = name
+        if b"filename" in options:
+            if name not in self.file_fields:
+                raise InvalidInput(f"unexpected file field {name!r}; expected one of {sorted(self.file_fields)}")
+            filename = options[b"filename"].decode("utf-8", "replace").replace("\\", "/").rsplit("/", 1)[-1]
+            self._staged = self.store.stage(self.max_file_bytes)
+            self.form.files.setdefault(name, []).append((filename, self._staged))
+
+    def _part_data(self, data, start, end):
+        if self._staged is not None:
+            self._staged.write(memoryview(data)[start:end])
+        else:
+            self._buffer.extend(data[start:end])
+            if len(self._buffer) > MAX_FIELD_BYTES:
+                raise InvalidInput(f"form field {self._name!r} is larger than {MAX_FIELD_BYTES} bytes")
+
+    def _part_end(self):
+        if self._staged is not None:
+            self._staged.finish()
+        else:
+            try:
+                value = self._buffer.decode()
+            except UnicodeDecodeError:
+                raise InvalidInput(f"form field {self._name!r} is not UTF-8 text") from None
+            self.form.fields.setdefault(self._name or "", []).append(value)
+
+
+async def parse_multipart(request: Request, store: BlobStore, *, file_fields: set[str], max_bytes: int) -> ParsedForm:
+    """Parse the body; on any error every staged file is removed before the error propagates."""
+    ctype, options = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data" or b"boundary" not in options:
+        raise InvalidInput("send multipart/form-data (e.g. curl -F name=... -F files=@adapter_config.json)")
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > max_bytes:
+        raise TooLarge(f"request body of {length} bytes is over the {max_bytes}-byte limit")
+    collector = _Collector(store, file_fields, max_bytes)
+    parser = MultipartParser(options[b"boundary"], collector.callbacks())
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes:
+                raise TooLarge(f"request body is over the {max_bytes}-byte limit")
+            parser.write(chunk)
+        parser.finalize()
+    except BaseException as e:
+        collector.form.discard()
+        if isinstance(e, (InvalidInput, TooLarge)):
+            raise
+        if isinstance(e, Exception) and type(e).__module__.startswith("python_multipart"):
+            raise InvalidInput(f"malformed multipart body: {e}") from None
+        raise
+    return collector.form
