@@ -80,6 +80,10 @@ def inspect_adapter(folder: Path, module_shapes: dict[str, list[int]]) -> Adapte
     if not factors:
         raise AdapterFormatError(f"{ADAPTER_WEIGHTS} holds no LoRA tensors")
 
+    unknown = sorted(set(factors) - set(module_shapes))
+    if unknown:
+        raise AdapterFormatError(f"{ADAPTER_WEIGHTS}: module {unknown[0]!r} does not exist in the base model "
+                                 f"(or is not a linear layer){f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}")
     modules: dict[str, int] = {}
     for module, pair in sorted(factors.items()):
         modules[module] = _check_module(module, pair, config, module_shapes)
@@ -96,9 +100,6 @@ def _check_module(module: str, pair: dict, config: dict, module_shapes: dict) ->
     if set(pair) != {"A", "B"}:
         missing = ({"A", "B"} - set(pair)).pop()
         raise AdapterFormatError(f"{ADAPTER_WEIGHTS}: {module} has no lora_{missing}.weight")
-    if module not in module_shapes:
-        raise AdapterFormatError(f"{ADAPTER_WEIGHTS}: module {module!r} does not exist in the base model "
-                                 "(or is not a linear layer)")
     out_f, in_f = module_shapes[module]
     a, b = pair["A"], pair["B"]
     if len(a) != 2 or len(b) != 2:

@@ -5,6 +5,7 @@ and the route then copies it again; this writes each byte once, which is where u
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
@@ -91,6 +92,8 @@ class _Collector:
 async def parse_multipart(request: Request, store: BlobStore, *, file_fields: set[str], max_bytes: int) -> ParsedForm:
     """Parse the body; on any error every staged file is removed before the error propagates."""
     ctype, options = parse_options_header(request.headers.get("content-type", ""))
+    if ctype == b"application/x-www-form-urlencoded":  # fields only (e.g. upload_ids=...)
+        return await _parse_urlencoded(request)
     if ctype != b"multipart/form-data" or b"boundary" not in options:
         raise InvalidInput("send multipart/form-data (e.g. curl -F name=... -F files=@adapter_config.json)")
     length = request.headers.get("content-length")
@@ -114,3 +117,15 @@ async def parse_multipart(request: Request, store: BlobStore, *, file_fields: se
             raise InvalidInput(f"malformed multipart body: {e}") from None
         raise
     return collector.form
+
+
+async def _parse_urlencoded(request: Request) -> ParsedForm:
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > MAX_FIELD_BYTES:
+            raise InvalidInput(f"form body is larger than {MAX_FIELD_BYTES} bytes; send files as multipart")
+    form = ParsedForm()
+    for key, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
+        form.fields.setdefault(key, []).append(value)
+    return form

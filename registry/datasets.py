@@ -75,9 +75,9 @@ def ingest_dataset(session_factory: sessionmaker[Session], store: BlobStore, *, 
                     return existing.id, False
                 raise Conflict(f"dataset {name!r} already exists with other content; datasets are immutable, "
                                "upload under a new name")
+            blobs.add_ref(session, sha256=sha, size=staged.size)  # blob row first: the dataset row references it
             row = Dataset(project=project, name=name, format=fmt, row_count=count, sha256=sha, size=staged.size)
             session.add(row)
-            blobs.add_ref(session, sha256=sha, size=staged.size)
             session.flush()
             fresh = not store.exists(sha)
             store.promote(staged, sha)
