@@ -128,3 +128,33 @@ class UploadPublic(Public):
     received: list[list[int]]
     status: str
     expires_at: datetime
+
+
+class JobPublic(Public):
+    id: str
+    kind: str
+    status: str
+    spec: dict
+    inputs: dict
+    attempts: int
+    max_attempts: int
+    worker_id: str | None
+    cancel_requested: bool
+    result: dict | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+
+
+class JobList(BaseModel):
+    data: list[JobPublic]
+    next_cursor: str | None
+
+
+class JobEventPublic(Public):
+    id: int
+    type: str
+    data: dict
+    created_at: datetime

@@ -1,0 +1,1 @@
+"""Job specs (torch-free), handlers (one per kind) and the worker loop."""

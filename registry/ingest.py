@@ -14,6 +14,7 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -56,9 +57,16 @@ def check_tags_and_meta(tags: list[str], meta: dict) -> None:
         raise InvalidInput(f"metadata must be a JSON object of at most {MAX_META_BYTES} bytes")
 
 
+InTransaction = Callable[[Session, int, int], None]
+
+
 def ingest_adapter(session_factory: sessionmaker[Session], store: BlobStore, new: NewVersion,
-                   staged: dict[str, StagedFile]) -> tuple[int, bool]:
-    """Returns (version id, created). Always consumes `staged` (promoted or discarded)."""
+                   staged: dict[str, StagedFile], in_transaction: InTransaction | None = None) -> tuple[int, bool]:
+    """Returns (version id, created). Always consumes `staged` (promoted or discarded).
+
+    `in_transaction(session, version_id, version_number)` runs inside the transaction that stores the
+    version, e.g. to mark the job that produced it succeeded in the same commit.
+    """
     folder = store.temp_dir() / f"adapter-{uuid.uuid4().hex}"
     folder.mkdir()
     try:
@@ -80,7 +88,7 @@ def ingest_adapter(session_factory: sessionmaker[Session], store: BlobStore, new
         shas = {name: s.sha256 for name, s in staged.items()}
         for attempt in range(3):
             try:
-                return _write_version(session_factory, store, new, staged, shas, summary)
+                return _write_version(session_factory, store, new, staged, shas, summary, in_transaction)
             except IntegrityError as e:  # two writers took the same version number (PostgreSQL); retry
                 if attempt == 2:
                     raise Conflict(f"adapter {new.name!r} is being written concurrently; retry") from e
@@ -91,7 +99,7 @@ def ingest_adapter(session_factory: sessionmaker[Session], store: BlobStore, new
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _write_version(session_factory, store, new: NewVersion, staged, shas, summary) -> tuple[int, bool]:
+def _write_version(session_factory, store, new: NewVersion, staged, shas, summary, in_transaction) -> tuple[int, bool]:
     manifest = manifest_sha256(shas)
     promoted_new: list[str] = []
     with session_factory() as session:
@@ -108,6 +116,8 @@ def _write_version(session_factory, store, new: NewVersion, staged, shas, summar
             existing = session.scalar(select(AdapterVersion).where(
                 AdapterVersion.adapter_id == adapter.id, AdapterVersion.manifest_sha256 == manifest))
             if existing is not None:
+                if in_transaction is not None:
+                    in_transaction(session, existing.id, existing.version)
                 session.commit()
                 return existing.id, False
             number = (session.scalar(select(func.max(AdapterVersion.version))
@@ -130,6 +140,8 @@ def _write_version(session_factory, store, new: NewVersion, staged, shas, summar
                 if shas[n] not in known and not store.exists(shas[n]):
                     promoted_new.append(shas[n])
                 store.promote(s, shas[n])
+            if in_transaction is not None:
+                in_transaction(session, version.id, version.version)
             session.commit()
             return version.id, True
         except BaseException:

@@ -161,3 +161,54 @@ class UploadSession(Base):
 
 
 Index("ix_adapter_versions_kind", AdapterVersion.kind)
+
+
+class Job(Base):
+    """A job is a data row; the worker claims it, heartbeats while it runs, and writes the result."""
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("project", "idempotency_key"), Index("ix_jobs_status_created", "status", "created_at"))
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    spec: Mapped[dict] = mapped_column()  # the validated request, as submitted
+    inputs: Mapped[dict] = mapped_column()  # what the spec resolved to at submission (ids, shas, seeds)
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued|running|succeeded|failed|cancelled
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
+    result: Mapped[dict | None] = mapped_column()
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class JobEvent(Base):
+    """Progress (step, loss, lr, tokens/s, ETA), log lines and state changes; `id` orders them (?after=)."""
+    __tablename__ = "job_events"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(String(16))  # progress | log | status | checkpoint
+    data: Mapped[dict] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OrthogonalAllocation(Base):
+    """Rows [offset, offset + rank) of a base model's orthogonal A basis, given to one training job.
+
+    The basis is regenerated from (basis_seed, module name); disjoint row ranges make the adapters'
+    A row spaces exactly orthogonal. Rows are never reused, so a restart cannot hand them out twice.
+    """
+    __tablename__ = "orthogonal_allocations"
+    __table_args__ = (UniqueConstraint("base_model_id", "offset"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id", ondelete="CASCADE"), index=True)
+    basis_seed: Mapped[int] = mapped_column(BigInteger)
+    offset: Mapped[int] = mapped_column(Integer)
+    rank: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,38 @@
+"""The spawned child that runs a job's compute (torch, CUDA). Spawned, never forked: forking a process
+that has touched CUDA breaks it, and a fresh interpreter keeps the worker itself torch-free."""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import traceback
+
+
+def _die_with_parent() -> None:
+    """If the worker is SIGKILLed, the kernel kills us too (Linux); elsewhere should_stop polls getppid."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def child_main(kind: str, task: dict, events, stop, gpus: str | None) -> None:
+    _die_with_parent()
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus  # before anything imports torch
+    from jobs.handlers import HANDLERS
+
+    parent = os.getppid()
+
+    def should_stop() -> bool:
+        return stop.is_set() or os.getppid() != parent
+
+    try:
+        output = HANDLERS[kind].compute(task, events.put, should_stop)
+        events.put({"type": "_result", "output": output})
+    except Exception as e:
+        if type(e).__name__ == "TrainingStopped":
+            events.put({"type": "_stopped", "message": str(e)})
+        else:
+            events.put({"type": "_error", "message": f"{type(e).__name__}: {e}",
+                        "traceback": traceback.format_exc(limit=20)})

@@ -1,0 +1,5 @@
+"""kind -> handler. Adding a kind: a spec in jobs/specs.py and a module here with prepare/compute/finalize."""
+from jobs.handlers import merge, train
+from jobs.handlers.base import Handler
+
+HANDLERS: dict[str, Handler] = {"train": train.HANDLER, "merge": merge.HANDLER}
