@@ -128,3 +128,7 @@ def keys_revoke(prefix: str):
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The queue itself: concurrent claimers never share a job; dead workers' jobs are requeued."""
+import threading
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from registry import jobs
+from registry.models import Job, utcnow
+
+
+def test_concurrent_claimers_never_share_a_job(services):
+    with services.session_factory() as session:
+        ids = [jobs.submit_job(session, project="p", kind="train", spec={}, idempotency_key=None,
+                               request_sha256="x", max_attempts=3)[0].id for _ in range(30)]
+        session.commit()
+    claimed: dict[str, list[str]] = {}
+    lock = threading.Lock()
+
+    def claimer(name):
+        while True:
+            with services.session_factory() as session:
+                job = jobs.claim_next(session, worker_id=name)
+                session.commit()
+            if job is None:
+                return
+            with lock:
+                claimed.setdefault(job.id, []).append(name)
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(ids)
+    assert all(len(workers) == 1 for workers in claimed.values())
+
+
+def test_stale_jobs_are_requeued_then_failed_after_max_attempts(services):
+    with services.session_factory() as session:
+        job, _ = jobs.submit_job(session, project="p", kind="train", spec={}, idempotency_key=None,
+                                 request_sha256="x", max_attempts=2)
+        session.commit()
+    for attempt in (1, 2):
+        with services.session_factory() as session:
+            claimed = jobs.claim_next(session, worker_id=f"dead-{attempt}")
+            session.execute(update(Job).values(heartbeat_at=utcnow() - timedelta(minutes=5)))
+            session.commit()
+        assert claimed.id == job.id and claimed.attempts == attempt
+        with services.session_factory() as session:
+            assert jobs.requeue_stale(session, heartbeat_timeout_s=60) == [job.id]
+            session.commit()
+    with services.session_factory() as session:
+        final = jobs.get_job(session, project="p", job_id=job.id)
+        assert final.status == "failed" and "gave up after 2 attempts" in final.error
+        # a late heartbeat or result from a dead worker is ignored
+        assert jobs.heartbeat(session, job_id=job.id, worker_id="dead-2") == (False, False)
+        assert not jobs.finish_job(session, job_id=job.id, worker_id="dead-2", status="succeeded")
