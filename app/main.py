@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from app.errors import install_error_handlers
-from app.routes import adapters, base_models, datasets, health, jobs, keys, uploads
+from app.routes import adapters, base_models, datasets, health, jobs, keys, merges, uploads
 from app.services import Services
 from registry.settings import Settings, get_settings
 
@@ -15,6 +15,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                   description="Registry, trainer and merger for LoRA / LoRI adapters.")
     app.state.services = services
     install_error_handlers(app)
-    for module in (health, keys, base_models, adapters, uploads, datasets, jobs):
+    # merges first: /v1/adapters/interference must win over /v1/adapters/{name}
+    for module in (health, keys, base_models, merges, adapters, uploads, datasets, jobs):
         app.include_router(module.router)
     return app

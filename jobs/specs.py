@@ -104,5 +104,18 @@ class MergeSpec(_Spec):
                 "majority_sign_method": self.majority_sign_method, "seed": self.seed, "svd": self.svd}
 
 
-JobSpec = Annotated[Union[TrainSpec, MergeSpec], Field(discriminator="kind")]
+class InterferenceSpec(_Spec):
+    """Interference report between adapter versions (cosine of dW_i and dW_j, A overlap, mask overlap)."""
+    kind: Literal["interference"] = "interference"
+    inputs: list[AdapterRef] = Field(min_length=2, max_length=16)
+
+
+class ExportSpec(_Spec):
+    """Fold an adapter version into its base model and keep the full checkpoint for download."""
+    kind: Literal["export"] = "export"
+    adapter: AdapterRef
+    max_shard_mb: int = Field(4096, ge=1, le=65536)
+
+
+JobSpec = Annotated[Union[TrainSpec, MergeSpec, InterferenceSpec, ExportSpec], Field(discriminator="kind")]
 JOB_SPEC = TypeAdapter(JobSpec)

@@ -79,7 +79,7 @@ class Worker:
         elif outcome == "error":
             self._finish(job, "failed", error=payload)
         if outcome != "lost":
-            shutil.rmtree(self.ctx.store.root / "jobs" / job.id, ignore_errors=True)
+            self._clean_job_dir(job.id, keep_output=handler.keeps_output and outcome == "result")
 
     def _run_child(self, job: Job, task: dict) -> tuple[str, object]:
         """Returns ("result", output) | ("stopped", None) | ("error", message) | ("lost", None)."""
@@ -137,6 +137,15 @@ class Worker:
         if outcome is None:
             return "error", f"the job's process exited with code {child.exitcode} without a result"
         return outcome
+
+    def _clean_job_dir(self, job_id: str, *, keep_output: bool) -> None:
+        job_dir = self.ctx.store.root / "jobs" / job_id
+        if not keep_output:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            return
+        for child in job_dir.iterdir() if job_dir.exists() else ():
+            if child.name != "out":
+                shutil.rmtree(child, ignore_errors=True)
 
     def _write_events(self, job_id: str, events: list[dict]) -> None:
         with self.ctx.session_factory() as session:

@@ -1,16 +1,17 @@
 """OpenAI-fine-tuning-style jobs: submit (idempotent), list, get, cancel, and follow events."""
 import asyncio
-import hashlib
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from app.deps import Reader, ServicesDep, SessionDep, Writer
+from app.file_responses import tar_response
 from app.schemas import JobEventPublic, JobList, JobPublic
-from jobs.specs import JobSpec, TrainSpec
-from registry import job_inputs, jobs
+from app.job_submission import create_job
+from jobs.specs import JobSpec
+from registry import jobs
+from registry.errors import Conflict
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -19,23 +20,9 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 def submit(spec: JobSpec, principal: Writer, session: SessionDep, services: ServicesDep, response: Response,
            idempotency_key: Annotated[str | None, Header()] = None) -> JobPublic:
     """Same Idempotency-Key and body again: 200 with the same job; same key, other body: 409."""
-    body = spec.model_dump(mode="json")
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-    job, created = jobs.submit_job(session, project=principal.project, kind=spec.kind, spec=body,
-                                   idempotency_key=idempotency_key, request_sha256=digest,
-                                   max_attempts=services.settings.max_attempts)
+    job, created = create_job(session, services, principal, spec, idempotency_key)
     if not created:
         response.status_code = status.HTTP_200_OK
-        return JobPublic.model_validate(job)
-    if isinstance(spec, TrainSpec):
-        job.inputs = job_inputs.resolve_train(
-            session, project=principal.project, job_id=job.id, method=spec.method, base_model=spec.base_model,
-            dataset=spec.dataset, rank=spec.rank, target_modules=spec.target_modules, a_seed=spec.a_seed,
-            a_init=spec.a_init, mask_from=(spec.mask_from.adapter, spec.mask_from.version) if spec.mask_from else None)
-    else:
-        job.inputs = job_inputs.resolve_merge(session, project=principal.project,
-                                              refs=[(i.adapter, i.version) for i in spec.inputs])
-    session.flush()
     return JobPublic.model_validate(job)
 
 
@@ -50,6 +37,17 @@ def list_jobs(principal: Reader, session: SessionDep, status: str | None = None,
 @router.get("/{job_id}")
 def get_job(job_id: str, principal: Reader, session: SessionDep) -> JobPublic:
     return JobPublic.model_validate(jobs.get_job(session, project=principal.project, job_id=job_id))
+
+
+@router.get("/{job_id}/output")
+def download_output(job_id: str, principal: Reader, session: SessionDep, services: ServicesDep) -> Response:
+    """What an export job produced (a full checkpoint), as a tar stream."""
+    job = jobs.get_job(session, project=principal.project, job_id=job_id)
+    out = services.store.root / "jobs" / job.id / "out"
+    if job.status != "succeeded" or not out.is_dir():
+        raise Conflict(f"job {job_id} has no downloadable output (kind {job.kind}, status {job.status})")
+    files = [(p.name, p.stat().st_size, p) for p in sorted(out.iterdir()) if p.is_file()]
+    return tar_response(job.id, files, etag=f'"{job.id}"')
 
 
 @router.post("/{job_id}/cancel")

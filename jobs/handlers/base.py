@@ -36,3 +36,4 @@ class Handler:
     prepare: Callable[[WorkerContext, Job], dict]
     compute: Callable[[dict, Emit, ShouldStop], dict]
     finalize: Callable[[WorkerContext, Job, dict, dict, str], dict]  # (ctx, job, task, output, worker_id) -> result
+    keeps_output: bool = False  # the job's out/ folder is its downloadable product (GET /v1/jobs/{id}/output)

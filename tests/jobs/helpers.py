@@ -39,3 +39,22 @@ def run_job(client, services, spec, **headers):
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "succeeded", job
     return job
+
+
+class RunningWorker:
+    """A worker loop on a background thread for tests of the synchronous endpoints."""
+
+    def __init__(self, services):
+        import threading
+
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=worker_for(services, poll_interval_s=0.1).run, args=(self.stop,),
+                                       daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=60)
