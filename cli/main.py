@@ -16,7 +16,7 @@ from registry.settings import Settings, get_settings
 cli = typer.Typer(help="lorifold: a registry, trainer and merger for LoRA / LoRI adapters.", no_args_is_help=True)
 keys_cli = typer.Typer(help="Create, list and revoke API keys (directly in the database).", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # soft wrap: keys and URLs stay copyable
 
 
 def _admin_key(settings: Settings) -> str:
@@ -66,6 +66,7 @@ def serve(host: Optional[str] = None, port: Optional[int] = None,
     settings = get_settings()
     settings.admin_key = _admin_key(settings)
     m.upgrade(settings.resolved_database_url())
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # /readyz checks the revision on every call
     host, port = host or settings.host, port or settings.port
     stop = threading.Event()
     if worker and settings.in_process_worker:
