@@ -72,7 +72,7 @@ class SafetensorsWriter:
     def write(self, name: str, data) -> None:
         """Append tensor `name`; `data` is a C-contiguous buffer of exactly the declared byte count."""
         if self._next >= len(self._order) or self._order[self._next] != name:
-            expected = self._order[self._next] if self._next < len(self._order) else "nothing (all written)"
+            expected = repr(self._order[self._next]) if self._next < len(self._order) else "nothing (all written)"
             raise SafetensorsError(f"{self.path}: wrote {name!r} but the header order expects {expected}")
         view = memoryview(data).cast("B")
         if view.nbytes != self._specs[name].nbytes:

@@ -3,7 +3,9 @@ FastAPI endpoints (benchmarks/naive_server.py) served the same way in the same r
 
     .venv/bin/python benchmarks/registry_io.py [--size-mb 1024] [--repeat 3]
 
-Client: curl (C, so the client is not what is measured). Server memory: peak RSS (VmHWM) of the server
+Client: curl (C, so the client is not what is measured). lorifold fsyncs every stored file before it
+becomes visible; the naive endpoints do not (a row with fsync is printed for a like-for-like view), so on
+a disk slower than the network the durable write, not the HTTP path, is the ceiling. Server memory: peak RSS (VmHWM) of the server
 process, reset before each phase through /proc/<pid>/clear_refs.
 """
 from __future__ import annotations
@@ -175,6 +177,8 @@ def main() -> None:
                      args.repeat, table, between=delete_version)
         nup = measure("naive UploadFile -> file + sha256 (multipart)", naive.pid, size,
                       lambda: curl(["-F", f"file=@{weights}", f"{nurl}/upload"]), args.repeat, table)
+        measure("naive UploadFile -> file + sha256 + fsync (durable)", naive.pid, size,
+                lambda: curl(["-F", f"file=@{weights}", f"{nurl}/upload?fsync=true"]), args.repeat, table)
         measure("lorifold resumable PUT (1 range) + complete (sha256 verify)", server.pid, size, lorifold_ranges,
                 args.repeat, table)
         measure("naive raw PUT stream -> file + sha256", naive.pid, size,

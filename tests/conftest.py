@@ -8,12 +8,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
-from registry import migrate
-from registry.db import make_engine
-from registry.models import Base
 from tests import factories
+
+# Database imports live inside the fixtures: the GPU machine runs tests/training and tests/merging
+# with torch alone, without the service's dependencies.
 
 PG_ADMIN_URL = os.environ.get("LORIFOLD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 ADMIN_KEY = "test-admin-key"
@@ -21,6 +20,10 @@ ADMIN_KEY = "test-admin-key"
 
 @pytest.fixture(scope="session")
 def pg_url():
+    from sqlalchemy import create_engine, text
+
+    from registry import migrate
+
     name = f"lorifold_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -35,12 +38,19 @@ def pg_url():
 
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory):
+    from registry import migrate
+
     path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
     migrate.upgrade(f"sqlite:///{path}")
     return path
 
 
 def _truncate_all(url: str) -> None:
+    from sqlalchemy import text
+
+    from registry.db import make_engine
+    from registry.models import Base
+
     engine = make_engine(url, pooled=False)
     with engine.begin() as conn:
         names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
