@@ -189,10 +189,13 @@ def test_gpu_precision_path_on_cpu_keeps_fp32_masters_and_exact_a(tiny_model_dir
     curve = result.metrics["loss_curve"]
     assert statistics.mean(curve[-5:]) < statistics.mean(curve[:3])
     masks = load_masks(result.out_dir / LORI_MASKS)
+    trained_inside_mask = 0
     for key, t in _tensors(result).items():
         module, factor = parse_lora_key(key)
         assert t.dtype == torch.float32
         if factor == "A":
             assert torch.equal(t, seeded_a(A_SEED, module, tuple(t.shape)))  # not its bf16 rounding
-        else:
-            assert (t[~masks[key]] == 0).all() and (t[masks[key]] != 0).any()
+        else:  # the global mask may keep nothing of some module: count over the whole model
+            assert (t[~masks[key]] == 0).all()
+            trained_inside_mask += int((t[masks[key]] != 0).sum())
+    assert trained_inside_mask > 0
