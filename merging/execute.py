@@ -6,9 +6,8 @@
 Plan from headers only: union of the inputs' modules (a module missing in one input counts as zero), each
 module's output rank from the method's rank rule, the output safetensors header. Then per module: load the
 inputs' factors onto `device` as float32, fold w_i * s_i into Factor.weight, run the method, append A and B
-to the output file, while a reader thread loads the next module's inputs. Peak memory is two modules'
-inputs and one output plus the method's workspace (the dense methods hold n float32 [out, in] updates),
-never a whole adapter.
+to the output file. Peak memory is one module's inputs and output plus the method's workspace (the dense
+methods hold n float32 [out, in] updates), never a whole adapter.
 
 Output folder: adapter_config.json (PEFT LoRA, lora_alpha = r so the scale is 1; rank_pattern/alpha_pattern
 for modules whose rank differs from the most common one), adapter_model.safetensors with metadata
@@ -22,7 +21,6 @@ import json
 import math
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -89,19 +87,10 @@ def merge_adapters(inputs: list[MergeInput], method: str, params: MergeParams, o
         entry = folders[modules[module][0]].modules[module]
         weight_specs[lora_key(module, "A")] = TensorSpec(dtype, (r, entry.in_features))   # A: [k, in]
         weight_specs[lora_key(module, "B")] = TensorSpec(dtype, (entry.out_features, r))  # B: [out, k]
-    def load(module: str, present: list[int]) -> list[Factor]:
-        return [Factor(*folders[i].load(module, dev), inputs[i].weight * folders[i].scale(module)) for i in present]
-
-    # One reader thread loads module i+1 while module i is merged and written: reading overlaps compute,
-    # and at most two modules' inputs are in memory.
-    items = list(modules.items())
-    with SafetensorsWriter(out_dir / ADAPTER_WEIGHTS, weight_specs, {"format": "pt", META_KIND: "merged"}) as w, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorifold-merge-read") as reader:
-        upcoming = reader.submit(load, *items[0])
-        for index, (module, present) in enumerate(items):
-            factors = upcoming.result()
-            if index + 1 < len(items):
-                upcoming = reader.submit(load, *items[index + 1])
+    with SafetensorsWriter(out_dir / ADAPTER_WEIGHTS, weight_specs, {"format": "pt", META_KIND: "merged"}) as w:
+        for module, present in modules.items():
+            factors = [Factor(*folders[i].load(module, dev), inputs[i].weight * folders[i].scale(module))
+                       for i in present]
             t0 = time.perf_counter()
             A, B = spec(factors, replace(params, seed=module_seed(params.seed, module)))
             _synchronize(dev)
