@@ -13,7 +13,6 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from sqlalchemy import func, select

@@ -1,5 +1,4 @@
 """API keys: hashed, scoped, bound to a project; other projects' resources answer 404."""
-from tests.app.helpers import upload_folder
 
 
 def make_key(client, project, scopes, name="k"):

@@ -3,7 +3,6 @@ outputs are what the method promises."""
 import io
 import tarfile
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -26,13 +25,12 @@ def test_lora_then_lori_d_then_lori_s(client, services, base_model, tiny_model_d
     progress = [e["data"] for e in events if e["type"] == "progress"]
     assert progress[-1]["step"] == 40 and {"loss", "lr", "tokens_per_s", "eta_s", "total_steps"} <= set(progress[-1])
 
-    d = run_job(client, services, train_spec("lori_d", "sums-lori-d", a_seed=1234, sparsity=0.9))
+    run_job(client, services, train_spec("lori_d", "sums-lori-d", a_seed=1234, sparsity=0.9))
     d_version = client.get("/v1/adapters/sums-lori-d/versions/1").json()
     assert d_version["kind"] == "lori_d" and d_version["a_seed"] == 1234
     assert "lori_masks.safetensors" in {f["filename"] for f in d_version["files"]}
 
-    s = run_job(client, services, train_spec("lori_s", "sums-lori-s", mask_from={"adapter": "sums-lori-d"},
-                                             lr=1e-1))
+    run_job(client, services, train_spec("lori_s", "sums-lori-s", mask_from={"adapter": "sums-lori-d"}, lr=1e-1))
     s_version = client.get("/v1/adapters/sums-lori-s/versions/1").json()
     assert s_version["kind"] == "lori_s" and s_version["a_seed"] == 1234
     lineage = client.get("/v1/adapters/sums-lori-s/versions/1/lineage").json()
