@@ -6,6 +6,8 @@
     lori_s  Same frozen A, B restarts from zero and trains with its gradients masked by a lori_d mask.
 
 Called by the jobs layer in a spawned worker process; it knows nothing about the registry or the database.
+run_training is one process on one device; training/distributed.py runs the same loop (train_process) in
+every rank of a torchrun group, with training/parallel.py saying how a rank takes part.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ from training.masks import extract_lori_mask, load_masks
 from training.model_setup import (attach_adapters, compile_decoder_blocks, default_target_modules,
                                   device_and_dtype, freeze_a, load_base, trainable_adapter_weights)
 from training.optim import AdapterOptimizer
-from training.step import train_step
+from training.parallel import SingleProcess
+from training.step import CausalLMLoss, train_step
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingStopped", "default_lr", "run_training"]
 
@@ -51,12 +54,25 @@ class TrainResult:
 def run_training(config: TrainConfig, *, base_model_dir, dataset_path, out_dir, checkpoint_dir,
                  on_event: Callable[[dict], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    return train_process(config, dist=SingleProcess(), base_model_dir=base_model_dir, dataset_path=dataset_path,
+                         out_dir=out_dir, checkpoint_dir=checkpoint_dir, on_event=on_event, should_stop=should_stop)
+
+
+def train_process(config: TrainConfig, *, dist, base_model_dir, dataset_path, out_dir, checkpoint_dir,
+                  on_event: Callable[[dict], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """The recipe as run by one process: alone (dist = parallel.SingleProcess) or as one rank of a
+    torch.distributed group (parallel.Ranks). Every rank trains on its slice of each global batch; the main
+    rank alone writes checkpoints and the adapter, and only it is given on_event and should_stop (its stop
+    decision reaches the other ranks through dist.any, so all of them stop after the same step).
+    """
     emit = on_event or (lambda event: None)
 
     def log(message: str) -> None:
         emit({"type": "log", "message": message})
 
     device, dtype = device_and_dtype()
+    device = dist.place(device)
     model, tokenizer = load_base(base_model_dir, device, dtype)
     log(f"loaded {type(model).__name__} from {base_model_dir} on {device} in {dtype}")
     examples, skipped = load_examples(dataset_path, tokenizer, config.max_length)
@@ -82,13 +98,17 @@ def run_training(config: TrainConfig, *, base_model_dir, dataset_path, out_dir, 
         step, progress = state["step"], state["progress"]
         log(f"resumed from {checkpoint.name} (step {step} of {total_steps})")
     resumed_from, saved_step = step, step
+    dist.check_identical({"frozen A": list(frozen_a.values()), "LoRI masks": list((masks or {}).values()),
+                          "trainable adapter weights": optimizer.masters})
+    loss_fn = dist.wrap(CausalLMLoss(lm))
 
     def checkpoint_now() -> None:
-        epoch, batch = divmod(step, batches_per_epoch)
-        save_checkpoint(checkpoint_dir, step, {"data_position": {"epoch": epoch, "batch": batch},
-                                               "config": config.to_dict(), "progress": progress},
-                        optimizer.state_tensors())
-        log(f"checkpoint at step {step}")
+        if dist.is_main:
+            epoch, batch = divmod(step, batches_per_epoch)
+            save_checkpoint(checkpoint_dir, step, {"data_position": {"epoch": epoch, "batch": batch},
+                                                   "config": config.to_dict(), "progress": progress},
+                            optimizer.state_tensors())
+            log(f"checkpoint at step {step}")
 
     compiled = config.compile is True
     if compiled:
@@ -97,25 +117,25 @@ def run_training(config: TrainConfig, *, base_model_dir, dataset_path, out_dir, 
     order, order_epoch = None, None
     started, step_seconds = time.perf_counter(), []
     while step < total_steps:
-        if should_stop is not None and should_stop():
+        if dist.any(should_stop is not None and should_stop()):
             if step > saved_step:
                 checkpoint_now()
             raise TrainingStopped(f"stopped at step {step} of {total_steps}")
         epoch, batch_index = divmod(step, batches_per_epoch)
         if order_epoch != epoch:
             order, order_epoch = epoch_order(len(examples), config.seed, epoch), epoch
-        rows = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
-        batch = collate([examples[i] for i in rows], pad_id, pad_multiple)
+        rows = [examples[i] for i in order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]]
+        batch = collate(dist.shard(rows), pad_id, pad_multiple)  # this process's part of the global batch
 
         t0 = time.perf_counter()
-        loss = train_step(lm, batch, optimizer).item()
+        loss = dist.mean(train_step(lm, batch, optimizer, loss_fn=loss_fn, normalizer=dist.normalizer(rows))).item()
         step_seconds.append(time.perf_counter() - t0)
         if not math.isfinite(loss):
             raise RuntimeError(f"loss became {loss} at step {step + 1}; try a lower learning rate")
         step += 1
         progress["loss_curve"].append(loss)
-        progress["tokens"] += int(batch["attention_mask"].sum())
-        progress["supervised_tokens"] += int((batch["labels"] != IGNORE_INDEX).sum())
+        progress["tokens"] += sum(len(e.input_ids) for e in rows)  # over the global batch
+        progress["supervised_tokens"] += sum(label != IGNORE_INDEX for e in rows for label in e.labels)
         progress["seconds"] += step_seconds[-1]
 
         elapsed = time.perf_counter() - started
@@ -127,19 +147,20 @@ def run_training(config: TrainConfig, *, base_model_dir, dataset_path, out_dir, 
             saved_step = step
         if config.compile == "auto" and not compiled and len(step_seconds) == 2 and device.type == "cuda":
             # Step 1 pays CUDA/cuBLAS warm-up, so step 2 is the first honest eager step time.
-            if (total_steps - step) * step_seconds[-1] * AUTO_COMPILE_SAVING > AUTO_COMPILE_COST_S:
+            if dist.any((total_steps - step) * step_seconds[-1] * AUTO_COMPILE_SAVING > AUTO_COMPILE_COST_S):
                 compiled = True
                 log(f"compiling {compile_decoder_blocks(lm)} decoder blocks: {total_steps - step} steps left")
 
-    if config.method == "lori_d":
-        b = {k: m for k, m in zip(optimizer.names, optimizer.masters) if k.endswith("lora_B.weight")}
-        masks = extract_lori_mask(b, config.sparsity)
-        log(f"extracted the LoRI mask: kept {sum(int(m.sum()) for m in masks.values())} of "
-            f"{sum(m.numel() for m in masks.values())} B entries (one threshold over all modules)")
-    trained = {k: m.detach() for k, m in zip(optimizer.names, optimizer.masters)}
-    save_adapter(peft_model, {**frozen_a, **trained}, out_dir, kind=config.method,
-                 a_seed=config.a_seed if config.method != "lora" else None, masks=masks)
-    log(f"saved the adapter to {out_dir}")
+    if dist.is_main:  # the ranks hold identical masters (the same all-reduced gradients every step)
+        if config.method == "lori_d":
+            b = {k: m for k, m in zip(optimizer.names, optimizer.masters) if k.endswith("lora_B.weight")}
+            masks = extract_lori_mask(b, config.sparsity)
+            log(f"extracted the LoRI mask: kept {sum(int(m.sum()) for m in masks.values())} of "
+                f"{sum(m.numel() for m in masks.values())} B entries (one threshold over all modules)")
+        trained = {k: m.detach() for k, m in zip(optimizer.names, optimizer.masters)}
+        save_adapter(peft_model, {**frozen_a, **trained}, out_dir, kind=config.method,
+                     a_seed=config.a_seed if config.method != "lora" else None, masks=masks)
+        log(f"saved the adapter to {out_dir}")
 
     curve = progress["loss_curve"]
     return TrainResult(out_dir=Path(out_dir), metrics={
@@ -150,6 +171,7 @@ def run_training(config: TrainConfig, *, base_model_dir, dataset_path, out_dir, 
         "tokens_per_s": progress["tokens"] / progress["seconds"] if progress["seconds"] else None,
         "examples": len(examples), "skipped_examples": skipped, "resumed_from_step": resumed_from,
         "compiled": compiled, "trainable_params": sum(p.numel() for p in optimizer.params),
+        "world_size": dist.world_size,
     })
 
 

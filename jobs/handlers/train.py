@@ -28,7 +28,7 @@ def prepare(ctx: WorkerContext, job: Job) -> dict:
         "max_length": spec.max_length, "seed": spec.seed, "a_seed": inputs.get("a_seed"),
         "a_init": "orthogonal" if orthogonal else "random", "basis_seed": orthogonal.get("basis_seed"),
         "a_offset": orthogonal.get("offset"), "sparsity": spec.sparsity, "mask_path": mask_path,
-        "checkpoint_every": spec.checkpoint_every,
+        "checkpoint_every": spec.checkpoint_every, "gpus": spec.gpus,
     }
     return {"config": config, "base_model_dir": base.local_path,
             "dataset_path": str(ctx.store.local_path(inputs["dataset_sha256"])),
@@ -36,6 +36,8 @@ def prepare(ctx: WorkerContext, job: Job) -> dict:
 
 
 def compute(task: dict, emit, should_stop) -> dict:
+    """One process on the worker's GPU, or with `gpus: N > 1` N processes under torchrun, one per GPU of the
+    worker's list (the child's CUDA_VISIBLE_DEVICES)."""
     from training.config import TrainConfig  # torch lives in the child only
     from training.recipe import run_training
 
@@ -43,9 +45,16 @@ def compute(task: dict, emit, should_stop) -> dict:
     if out_dir.exists():  # a previous attempt died while writing its output
         import shutil
         shutil.rmtree(out_dir)
-    result = run_training(TrainConfig(**task["config"]), base_model_dir=task["base_model_dir"],
-                          dataset_path=task["dataset_path"], out_dir=out_dir, checkpoint_dir=task["checkpoint_dir"],
-                          on_event=emit, should_stop=should_stop)
+    config = dict(task["config"])
+    gpus = config.pop("gpus", 1)  # where the run trains, not what it learns: not part of TrainConfig
+    paths = dict(base_model_dir=task["base_model_dir"], dataset_path=task["dataset_path"], out_dir=out_dir,
+                 checkpoint_dir=task["checkpoint_dir"])
+    if gpus > 1:
+        from training.distributed import run_training_distributed
+        result = run_training_distributed(TrainConfig(**config), world_size=gpus, **paths, on_event=emit,
+                                          should_stop=should_stop)
+    else:
+        result = run_training(TrainConfig(**config), **paths, on_event=emit, should_stop=should_stop)
     return {"metrics": result.metrics}
 
 

@@ -1,0 +1,186 @@
+# Run (2 CUDA GPUs):   python benchmarks/train_multigpu.py
+#     (CPU smoke, gloo): python benchmarks/train_multigpu.py --tiny
+"""Multi-GPU training: tokens/s on 1 and 2 GPUs with the scaling efficiency, and whether a 2-GPU run trains
+the adapter a 1-GPU run trains on the same data and seed.
+
+Model: a random-initialised Llama-3-8B-shaped LlamaForCausalLM (hidden 4096, 32 layers, MLP 14336, 32/8
+heads, vocab 128256; built on the GPU from a seed, in bf16), LoRI-S at rank 32 on all seven projections
+(seeded frozen A, a seeded random mask of 10% density), random tokens of length 1024.
+For world size 1 and then 2, torchrun runs this file as its worker (--worker), one rank per GPU. Every rank
+runs what a distributed training job runs for a step: training.parallel.Ranks (NCCL, DDP over the adapter
+weights, its slice of the global batch, the global-token loss normalisation) around training.step.train_step.
+  check phase       --check-steps steps on the same global batches in both runs (batch 4: 2 rows per GPU
+                    on two GPUs); rank 0 saves the trained B's, and the driver compares the two runs per
+                    module: ||B_2gpu - B_1gpu|| / ||B_1gpu||, the maximum over modules is reported.
+  throughput phase  batch 4 x 1024 per GPU (8 x 1024 over two), --settle-steps untimed, then --steps timed.
+Scaling efficiency = tokens/s on N GPUs / (N x tokens/s on one); the target for 2 GPUs is >= 0.9 (1.8x).
+The relative difference of the check is bf16-sized (the two runs sum the same gradient in different orders
+and roundings, and Adam's first steps amplify noise in small gradients); the bar is 5e-2 in bf16, 1e-4 in fp32.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.data import Example, collate  # noqa: E402
+from training.lori_a import seeded_a  # noqa: E402
+from training.model_setup import (attach_adapters, default_target_modules, device_and_dtype,  # noqa: E402
+                                  freeze_a, trainable_adapter_weights)
+from training.optim import AdapterOptimizer  # noqa: E402
+from training.parallel import Ranks  # noqa: E402
+from training.step import CausalLMLoss, train_step  # noqa: E402
+from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
+
+LLAMA3_8B = dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
+                 num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0)
+TINY = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=512, max_position_embeddings=256)
+RANK, ALPHA, MASK_DENSITY, LR = 32, 64, 0.1, 5e-4
+TOLERANCE = {torch.bfloat16: 5e-2, torch.float32: 1e-4}
+TARGET_SPEEDUP = 1.8
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def build(shape: dict, device: torch.device, dtype: torch.dtype):
+    """(lm, optimizer): the same model and LoRI-S adapters on every rank and in every run (seeded)."""
+    torch.manual_seed(0)
+    with torch.device(device):  # parameters are created and initialised directly on the GPU
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**shape, tie_word_embeddings=False, use_cache=False),
+                                                 dtype=dtype)
+    peft_model = attach_adapters(model, rank=RANK, alpha=ALPHA, target_modules=default_target_modules(model),
+                                 keep_model_dtype=dtype != torch.float32)
+    frozen_a = freeze_a(peft_model, lambda module, r, in_features: seeded_a(0, module, (r, in_features)))
+    weights = trainable_adapter_weights(peft_model)  # {lora_B key: [out, r]}
+    g = torch.Generator(device="cpu").manual_seed(0)
+    masks = {k: torch.rand(w.shape, generator=g) < MASK_DENSITY for k, w in weights.items()}
+    optimizer = AdapterOptimizer(weights, lr=LR, weight_decay=0.0, grad_clip=1.0, masks=masks)
+    return peft_model.get_base_model(), optimizer, frozen_a, masks
+
+
+def random_rows(g: torch.Generator, rows: int, seq: int, vocab: int) -> list[Example]:
+    ids = torch.randint(0, vocab, (rows, seq), generator=g).tolist()
+    return [Example(input_ids=row, labels=row) for row in ids]
+
+
+def worker(args) -> None:
+    """One rank (started by torchrun)."""
+    dist = Ranks()
+    measure(dist, args)  # returns once its DDP wrapper is gone, as close() wants
+    dist.close()
+
+
+def measure(dist: Ranks, args) -> None:
+    """The check phase, then the throughput phase; rank 0 writes the results."""
+    device, dtype = device_and_dtype()
+    device, dtype = dist.place(device), DTYPES.get(args.dtype, dtype)
+    shape = TINY if args.tiny else LLAMA3_8B
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    lm, optimizer, frozen_a, masks = build(shape, device, dtype)
+    dist.check_identical({"frozen A": list(frozen_a.values()), "masks": list(masks.values()),
+                          "B": optimizer.masters})
+    loss_fn = dist.wrap(CausalLMLoss(lm))
+
+    def step(rows: list[Example]) -> torch.Tensor:
+        """The distributed loop's step (training/recipe.py train_process) on a global batch."""
+        batch = collate(dist.shard(rows), pad_id=0)
+        return dist.mean(train_step(lm, batch, optimizer, loss_fn=loss_fn, normalizer=dist.normalizer(rows)))
+
+    g = torch.Generator(device="cpu").manual_seed(1)
+    check_losses = [step(random_rows(g, args.batch, args.seq, shape["vocab_size"])).item()
+                    for _ in range(args.check_steps)]
+    if dist.is_main:
+        save_file({k: m.detach().float().cpu().contiguous() for k, m in zip(optimizer.names, optimizer.masters)},
+                  str(Path(args.out) / f"b-world{dist.world_size}.safetensors"))
+
+    rows = random_rows(g, args.batch * dist.world_size, args.seq, shape["vocab_size"])  # args.batch per rank
+    for _ in range(args.settle_steps):
+        step(rows)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        loss = step(rows).item()  # the loop's per-step host sync (loss.item()) included
+    seconds = time.perf_counter() - start
+    if dist.is_main:
+        peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
+        (Path(args.out) / f"world{dist.world_size}.json").write_text(json.dumps({
+            "world_size": dist.world_size, "tokens_per_s": args.steps * len(rows) * args.seq / seconds,
+            "step_s": seconds / args.steps, "peak_gib": peak, "check_losses": check_losses, "final_loss": loss,
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype)}))
+
+
+def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """max over modules of ||a - b|| / ||a|| (Frobenius)."""
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).norm() / a[k].norm().clamp(min=1e-30)) for k in a)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny Llama on the CPU with gloo (checks the script)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bf16 on CUDA, fp32 on the CPU")
+    parser.add_argument("--batch", type=int, default=4, help="rows per GPU (the check phase's global batch)")
+    parser.add_argument("--seq", type=int, default=None, help="tokens per row (default 1024, tiny 64)")
+    parser.add_argument("--check-steps", type=int, default=3)
+    parser.add_argument("--settle-steps", type=int, default=3, help="untimed steps before the timed ones")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10, tiny 3)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.seq = args.seq or (64 if args.tiny else 1024)
+    args.steps = args.steps or (3 if args.tiny else 10)
+    if args.worker:
+        worker(args)
+        return {}
+    if not args.tiny and torch.cuda.device_count() < 2:
+        parser.error("this needs 2 CUDA GPUs; use --tiny on the CPU")
+
+    with tempfile.TemporaryDirectory(prefix="lorifold-multigpu-") as out:
+        worker_args = [f"--batch={args.batch}", f"--seq={args.seq}", f"--check-steps={args.check_steps}",
+                       f"--settle-steps={args.settle_steps}", f"--steps={args.steps}", f"--out={out}"]
+        worker_args += ["--tiny"] * args.tiny + [f"--dtype={args.dtype}"] * bool(args.dtype)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                                          os.environ.get("PYTHONPATH")]))}
+        for world_size in (1, 2):
+            subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            f"--nproc_per_node={world_size}", __file__, "--worker", *worker_args],
+                           env=env, check=True)
+        rows = [json.loads((Path(out) / f"world{n}.json").read_text()) for n in (1, 2)]
+        difference = relative_difference(load_file(str(Path(out) / "b-world1.safetensors")),
+                                         load_file(str(Path(out) / "b-world2.safetensors")))
+
+    one = rows[0]["tokens_per_s"]
+    dtype = DTYPES["bf16"] if "bfloat16" in rows[0]["dtype"] else DTYPES["fp32"]
+    print(f"{'tiny' if args.tiny else 'Llama-3-8B shape'}, {rows[0]['dtype']}, lori_s rank {RANK}, "
+          f"{args.batch} x {args.seq} tokens per GPU, {args.steps} timed steps on {rows[0]['device']}")
+    print(f"{'GPUs':>4} {'tokens/s':>10} {'per GPU':>9} {'speed-up':>9} {'efficiency':>10} {'step s':>7} "
+          f"{'peak GiB':>8}")
+    for r in rows:
+        n, speedup = r["world_size"], r["tokens_per_s"] / one
+        peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
+        print(f"{n:4d} {r['tokens_per_s']:10.0f} {r['tokens_per_s'] / n:9.0f} {speedup:8.2f}x "
+              f"{speedup / n:10.2f} {r['step_s']:7.3f} {peak:>8}")
+    speedup = rows[1]["tokens_per_s"] / one
+    print(f"2 GPUs / 1 GPU: {speedup:.2f}x tokens/s (target >= {TARGET_SPEEDUP}x: "
+          f"{'met' if speedup >= TARGET_SPEEDUP else 'NOT met'})")
+    ok = difference <= TOLERANCE[dtype]
+    print(f"adapter after {args.check_steps} steps on the same data, 2 GPUs vs 1: max over modules of "
+          f"||dB|| / ||B|| = {difference:.2e} (tolerance {TOLERANCE[dtype]:g}: {'ok' if ok else 'EXCEEDED'}); "
+          f"check losses 1 GPU {rows[0]['check_losses']}, 2 GPUs {rows[1]['check_losses']}")
+    return {"rows": rows, "speedup": speedup, "relative_difference": difference, "equivalent": ok}
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main().get("equivalent", True) else 1)
