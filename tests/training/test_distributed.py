@@ -107,6 +107,16 @@ def test_world_size_one_through_torchrun_matches_run_training(tiny_model_dir, da
     assert _max_relative_difference(single, one) < 1e-6
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")
+def test_world_size_one_on_a_gpu_with_nccl(tiny_model_dir, data, tmp_path):
+    """The GPU path of a distributed job: NCCL, cuda:LOCAL_RANK, bf16 model with fp32 masters."""
+    config = TrainConfig(method="lora", lr=1e-2, max_steps=6, **FAST)
+    single = run_training(config, **_paths(tiny_model_dir, data, tmp_path / "single"))
+    one = run_training_distributed(config, world_size=1, **_paths(tiny_model_dir, data, tmp_path / "one"))
+    assert one.metrics["world_size"] == 1
+    assert _max_relative_difference(single, one) < 5e-2  # bf16 model: same step, different launch
+
+
 def test_a_failing_rank_is_reported_with_its_error(tiny_model_dir, tmp_path):
     config = TrainConfig(method="lora", max_steps=2, **FAST)
     with pytest.raises(RuntimeError, match=r"failed on rank 0: FileNotFoundError: .*missing\.jsonl"):
