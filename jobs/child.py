@@ -20,6 +20,7 @@ def child_main(kind: str, task: dict, events, stop, gpus: str | None) -> None:
     _die_with_parent()
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus  # before anything imports torch
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from registered local folders, never a hub
     from jobs.handlers import HANDLERS
 
     parent = os.getppid()
