@@ -13,7 +13,8 @@ from registry.models import BaseModel
 from registry.names import check_name
 
 
-def register_base_model(session: Session, *, project: str, name: str, local_path: str) -> BaseModel:
+def register_base_model(session: Session, *, project: str, name: str, local_path: str) -> tuple[BaseModel, bool]:
+    """Returns (row, created); the same checkpoint under the same name again is idempotent."""
     check_name(name, "base model name")
     path = Path(local_path).expanduser().resolve()
     try:
@@ -25,7 +26,7 @@ def register_base_model(session: Session, *, project: str, name: str, local_path
     existing = session.scalar(select(BaseModel).where(BaseModel.project == project, BaseModel.name == name))
     if existing is not None:
         if existing.revision == info.revision and existing.local_path == str(path):
-            return existing  # same checkpoint registered again: idempotent
+            return existing, False
         raise Conflict(f"base model {name!r} already exists with another checkpoint (revision {existing.revision[:12]})")
     row = BaseModel(project=project, name=name, local_path=str(path), architecture=info.architecture,
                     revision=info.revision, hidden_size=info.hidden_size, module_shapes=info.module_shapes)
@@ -34,7 +35,7 @@ def register_base_model(session: Session, *, project: str, name: str, local_path
         session.flush()
     except IntegrityError:
         raise Conflict(f"base model {name!r} already exists") from None
-    return row
+    return row, True
 
 
 def get_base_model(session: Session, *, project: str, name: str) -> BaseModel:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from registry.blobstore import BlobStore, StagedFile, sha256_of_file
 from registry.errors import Conflict, InvalidInput, NotFound, TooLarge
-from registry.models import UploadSession, utcnow
+from registry.models import UploadSession, as_utc, utcnow
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
@@ -57,7 +57,7 @@ def create_upload(session: Session, store: BlobStore, *, project: str, filename:
 def get_upload(session: Session, *, project: str, upload_id: str, lock: bool = False) -> UploadSession:
     stmt = select(UploadSession).where(UploadSession.id == upload_id, UploadSession.project == project)
     row = session.scalar(stmt.with_for_update() if lock else stmt)
-    if row is None or row.expires_at.replace(tzinfo=utcnow().tzinfo) < utcnow():
+    if row is None or as_utc(row.expires_at) < utcnow():
         raise NotFound(f"upload {upload_id!r} not found (or expired)")
     return row
 

@@ -10,10 +10,9 @@ router = APIRouter(prefix="/v1/base-models", tags=["base models"])
 @router.post("", status_code=status.HTTP_201_CREATED)
 def register(body: BaseModelCreate, principal: Admin, session: SessionDep, response: Response) -> BaseModelPublic:
     """Register a checkpoint folder on the server (admin: it names a server path)."""
-    before = {b.name for b in base_models.list_base_models(session, project=principal.project)}
-    row = base_models.register_base_model(session, project=principal.project, name=body.name,
-                                          local_path=body.local_path)
-    if body.name in before:
+    row, created = base_models.register_base_model(session, project=principal.project, name=body.name,
+                                                   local_path=body.local_path)
+    if not created:
         response.status_code = status.HTTP_200_OK
     return BaseModelPublic.model_validate(row)
 

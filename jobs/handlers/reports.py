@@ -7,7 +7,7 @@ from pathlib import Path
 from jobs.handlers.base import Handler, WorkerContext
 from jobs.handlers.merge import link_version_folder
 from jobs.handlers.results import JobLost
-from jobs.specs import ExportSpec, InterferenceSpec
+from jobs.specs import ExportSpec
 from registry import jobs
 from registry.adapters import get_version_by_id
 from registry.models import Job
@@ -22,7 +22,6 @@ def _finish(ctx: WorkerContext, job: Job, worker_id: str, result: dict) -> dict:
 
 
 def prepare_interference(ctx: WorkerContext, job: Job) -> dict:
-    spec = InterferenceSpec.model_validate(job.spec)
     folders, labels = [], []
     with ctx.session_factory() as session:
         for i, version_id in enumerate(job.inputs["version_ids"]):
@@ -31,7 +30,6 @@ def prepare_interference(ctx: WorkerContext, job: Job) -> dict:
             link_version_folder(ctx, version, folder)
             folders.append(str(folder))
             labels.append(f"{version.adapter.name}:{version.version}")
-    del spec
     return {"folders": folders, "labels": labels}
 
 
