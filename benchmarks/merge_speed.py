@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adapterio.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, lora_key  # noqa: E402
 from adapterio.safetensors_writer import SafetensorsWriter, TensorSpec  # noqa: E402
 from merging import MergeInput, MergeParams, merge_adapters  # noqa: E402
+from merging.execute import BATCH_BYTES  # noqa: E402
 from merging.peft_io import tensor_buffer  # noqa: E402
 
 SHAPES = {  # hidden, intermediate, layers, k/v out
@@ -211,6 +212,7 @@ def main() -> None:
     if set(shapes) - set(SHAPES):
         parser.error(f"unknown shapes {sorted(set(shapes) - set(SHAPES))}; choose from {', '.join(SHAPES)}")
     print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads, {os.cpu_count()} CPUs, "
+          f"merge batches of {BATCH_BYTES // 2**20} MiB, "
           f"load average {os.getloadavg()[0]:.1f}; {N_ADAPTERS} inputs of rank {RANK}; f2f = file to file; "
           "PEFT/x = PEFT add_weighted_adapter time / ours; ~ = PEFT svd timed on --peft-svd-layers layers and "
           "scaled to all", flush=True)

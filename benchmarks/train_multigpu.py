@@ -9,17 +9,32 @@ heads, vocab 128256; built on the GPU from a seed, in bf16), LoRI-S at rank 32 o
 For world size 1 and then 2, torchrun runs this file as its worker (--worker), one rank per GPU. Every rank
 runs what a distributed training job runs for a step: training.parallel.Ranks (NCCL, DDP over the adapter
 weights, its slice of the global batch, the global-token loss normalisation) around training.step.train_step.
-  check phase       --check-steps steps on the same global batches in both runs (batch 4: 2 rows per GPU
-                    on two GPUs); rank 0 saves the trained B's, and the driver compares the two runs per
-                    module: ||B_2gpu - B_1gpu|| / ||B_1gpu||, the maximum over modules is reported.
+  check phase       --check-steps steps from the same adapters on the same global batches (batch 4: 2 rows
+                    per GPU on two GPUs); rank 0 saves the trained B's of each variant:
+                      world 2:  "2gpu"         the job's path on two GPUs;
+                      world 1:  "1gpu"         the job's path on one GPU, whole global batch at once;
+                                "1gpu-repeat"  the same again (run-to-run nondeterminism of the kernels);
+                                "1gpu-halves"  one GPU, the two ranks' halves as two micro-batches whose
+                                               gradients are summed, then halved as DDP's average does: the
+                                               2-GPU computation without the second GPU;
+                                "1gpu-fp32"    (bf16 runs) the job's path in fp32: the reference for what bf16
+                                               rounding alone does to the result.
+                    The driver compares variants per module, ||B_x - B_y|| / ||B_y||, maximum over modules.
   throughput phase  batch 4 x 1024 per GPU (8 x 1024 over two), --settle-steps untimed, then --steps timed.
 Scaling efficiency = tokens/s on N GPUs / (N x tokens/s on one); the target for 2 GPUs is >= 0.9 (1.8x).
-The relative difference of the check is bf16-sized (the two runs sum the same gradient in different orders
-and roundings, and Adam's first steps amplify noise in small gradients); the bar is 5e-2 in bf16, 1e-4 in fp32.
+
+Equality. Two GPUs split the global batch, so each rank rounds its half of the gradient to bf16 before the
+all-reduce, where one GPU rounds the whole; and Adam's first steps move every entry by about +-lr whatever
+its gradient's size, so entries whose gradient is within rounding of zero can take either sign. Some
+difference is therefore inherent to bf16 data parallelism. The bf16 tolerance is measured, not assumed:
+2gpu vs 1gpu must differ less than 1gpu (bf16) differs from 1gpu-fp32, the error bf16 itself makes on this
+job. 2gpu vs 1gpu-halves shows whether the distributed path adds any error of its own beyond that split.
+In fp32 runs the bar is a fixed 1e-4.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -47,13 +62,13 @@ LLAMA3_8B = dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336
 TINY = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=512, max_position_embeddings=256)
 RANK, ALPHA, MASK_DENSITY, LR = 32, 64, 0.1, 5e-4
-TOLERANCE = {torch.bfloat16: 5e-2, torch.float32: 1e-4}
+FP32_TOLERANCE = 1e-4
 TARGET_SPEEDUP = 1.8
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def build(shape: dict, device: torch.device, dtype: torch.dtype):
-    """(lm, optimizer): the same model and LoRI-S adapters on every rank and in every run (seeded)."""
+    """(lm, B weights, frozen A, masks): the same model and LoRI-S adapters on every rank and in every run."""
     torch.manual_seed(0)
     with torch.device(device):  # parameters are created and initialised directly on the GPU
         model = AutoModelForCausalLM.from_config(LlamaConfig(**shape, tie_word_embeddings=False, use_cache=False),
@@ -64,8 +79,15 @@ def build(shape: dict, device: torch.device, dtype: torch.dtype):
     weights = trainable_adapter_weights(peft_model)  # {lora_B key: [out, r]}
     g = torch.Generator(device="cpu").manual_seed(0)
     masks = {k: torch.rand(w.shape, generator=g) < MASK_DENSITY for k, w in weights.items()}
-    optimizer = AdapterOptimizer(weights, lr=LR, weight_decay=0.0, grad_clip=1.0, masks=masks)
-    return peft_model.get_base_model(), optimizer, frozen_a, masks
+    return peft_model.get_base_model(), weights, frozen_a, masks
+
+
+def fresh_optimizer(weights: dict, masks: dict) -> AdapterOptimizer:
+    """B back to its initial zeros and a new AdamW: every check variant starts from the same adapters."""
+    with torch.no_grad():
+        for w in weights.values():
+            w.zero_()
+    return AdapterOptimizer(weights, lr=LR, weight_decay=0.0, grad_clip=1.0, masks=masks)
 
 
 def random_rows(g: torch.Generator, rows: int, seq: int, vocab: int) -> list[Example]:
@@ -81,29 +103,49 @@ def worker(args) -> None:
 
 
 def measure(dist: Ranks, args) -> None:
-    """The check phase, then the throughput phase; rank 0 writes the results."""
+    """The check phase (each variant of this world size), then the throughput phase; rank 0 writes results."""
     device, dtype = device_and_dtype()
     device, dtype = dist.place(device), DTYPES.get(args.dtype, dtype)
     shape = TINY if args.tiny else LLAMA3_8B
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    lm, optimizer, frozen_a, masks = build(shape, device, dtype)
+    lm, weights, frozen_a, masks = build(shape, device, dtype)
     dist.check_identical({"frozen A": list(frozen_a.values()), "masks": list(masks.values()),
-                          "B": optimizer.masters})
+                          "B": list(weights.values())})
     loss_fn = dist.wrap(CausalLMLoss(lm))
+    optimizer = fresh_optimizer(weights, masks)
 
     def step(rows: list[Example]) -> torch.Tensor:
         """The distributed loop's step (training/recipe.py train_process) on a global batch."""
         batch = collate(dist.shard(rows), pad_id=0)
         return dist.mean(train_step(lm, batch, optimizer, loss_fn=loss_fn, normalizer=dist.normalizer(rows)))
 
-    g = torch.Generator(device="cpu").manual_seed(1)
-    check_losses = [step(random_rows(g, args.batch, args.seq, shape["vocab_size"])).item()
-                    for _ in range(args.check_steps)]
-    if dist.is_main:
-        save_file({k: m.detach().float().cpu().contiguous() for k, m in zip(optimizer.names, optimizer.masters)},
-                  str(Path(args.out) / f"b-world{dist.world_size}.safetensors"))
+    def step_in_halves(rows: list[Example]) -> torch.Tensor:
+        """One GPU doing what two ranks do: each half's loss normalised as a rank's, gradients summed by
+        accumulation, then halved (exactly, a power of two) as DDP's average over two ranks does."""
+        half = len(rows) // 2
+        normalizer = dist.normalizer(rows) / 2  # a rank's share of the global labelled tokens
+        loss = 0.0
+        for part in (rows[:half], rows[half:]):
+            batch = {k: v.to(device) for k, v in collate(part, pad_id=0).items()}
+            part_loss = CausalLMLoss(lm)(batch, normalizer)
+            part_loss.backward()
+            loss = loss + part_loss.detach() / 2
+        for p in optimizer.params:
+            p.grad.mul_(0.5)
+        optimizer.step()
+        return loss
 
+    variants = {"2gpu": step} if dist.world_size == 2 else {"1gpu": step, "1gpu-repeat": step}
+    if dist.world_size == 1 and args.batch % 2 == 0:
+        variants["1gpu-halves"] = step_in_halves
+    checks = {}
+    for name, fn in variants.items():
+        optimizer = fresh_optimizer(weights, masks)  # the step closures use the current one
+        checks[name] = run_check(fn, optimizer, args, shape)
+    optimizer = fresh_optimizer(weights, masks)
+
+    g = torch.Generator(device="cpu").manual_seed(2)
     rows = random_rows(g, args.batch * dist.world_size, args.seq, shape["vocab_size"])  # args.batch per rank
     for _ in range(args.settle_steps):
         step(rows)
@@ -113,12 +155,34 @@ def measure(dist: Ranks, args) -> None:
     for _ in range(args.steps):
         loss = step(rows).item()  # the loop's per-step host sync (loss.item()) included
     seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
+
+    if dist.world_size == 1 and dtype == torch.bfloat16 and not args.no_reference:
+        del loss_fn, optimizer, lm, weights, frozen_a
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        lm, weights, _, masks = build(shape, device, torch.float32)
+        optimizer = fresh_optimizer(weights, masks)
+        loss_fn = dist.wrap(CausalLMLoss(lm))
+        checks["1gpu-fp32"] = run_check(step, optimizer, args, shape)
     if dist.is_main:
-        peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
+        for name, (_, b) in checks.items():
+            save_file(b, str(Path(args.out) / f"b-{name}.safetensors"))
         (Path(args.out) / f"world{dist.world_size}.json").write_text(json.dumps({
             "world_size": dist.world_size, "tokens_per_s": args.steps * len(rows) * args.seq / seconds,
-            "step_s": seconds / args.steps, "peak_gib": peak, "check_losses": check_losses, "final_loss": loss,
+            "step_s": seconds / args.steps, "peak_gib": peak, "final_loss": loss,
+            "check_losses": {name: losses for name, (losses, _) in checks.items()},
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype)}))
+
+
+def run_check(step, optimizer: AdapterOptimizer, args, shape: dict) -> tuple[list[float], dict]:
+    """--check-steps steps on the check batches (the same in every variant and run); (losses, trained B's)."""
+    g = torch.Generator(device="cpu").manual_seed(1)
+    losses = [step(random_rows(g, args.batch, args.seq, shape["vocab_size"])).item() for _ in range(args.check_steps)]
+    # clone: on the CPU in fp32 the masters are the parameters, which later variants reset and train
+    trained = {k: m.detach().float().cpu().clone() for k, m in zip(optimizer.names, optimizer.masters)}
+    return losses, trained
 
 
 def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -136,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--check-steps", type=int, default=3)
     parser.add_argument("--settle-steps", type=int, default=3, help="untimed steps before the timed ones")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10, tiny 3)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the fp32 reference run of a bf16 benchmark (no bf16 tolerance then)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -151,6 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
         worker_args = [f"--batch={args.batch}", f"--seq={args.seq}", f"--check-steps={args.check_steps}",
                        f"--settle-steps={args.settle_steps}", f"--steps={args.steps}", f"--out={out}"]
         worker_args += ["--tiny"] * args.tiny + [f"--dtype={args.dtype}"] * bool(args.dtype)
+        worker_args += ["--no-reference"] * args.no_reference
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                           os.environ.get("PYTHONPATH")]))}
         for world_size in (1, 2):
@@ -158,11 +225,10 @@ def main(argv: list[str] | None = None) -> dict:
                             f"--nproc_per_node={world_size}", __file__, "--worker", *worker_args],
                            env=env, check=True)
         rows = [json.loads((Path(out) / f"world{n}.json").read_text()) for n in (1, 2)]
-        difference = relative_difference(load_file(str(Path(out) / "b-world1.safetensors")),
-                                         load_file(str(Path(out) / "b-world2.safetensors")))
+        trained = {p.stem[2:]: load_file(str(p)) for p in Path(out).glob("b-*.safetensors")}
 
     one = rows[0]["tokens_per_s"]
-    dtype = DTYPES["bf16"] if "bfloat16" in rows[0]["dtype"] else DTYPES["fp32"]
+    bf16 = "bfloat16" in rows[0]["dtype"]
     print(f"{'tiny' if args.tiny else 'Llama-3-8B shape'}, {rows[0]['dtype']}, lori_s rank {RANK}, "
           f"{args.batch} x {args.seq} tokens per GPU, {args.steps} timed steps on {rows[0]['device']}")
     print(f"{'GPUs':>4} {'tokens/s':>10} {'per GPU':>9} {'speed-up':>9} {'efficiency':>10} {'step s':>7} "
@@ -175,11 +241,28 @@ def main(argv: list[str] | None = None) -> dict:
     speedup = rows[1]["tokens_per_s"] / one
     print(f"2 GPUs / 1 GPU: {speedup:.2f}x tokens/s (target >= {TARGET_SPEEDUP}x: "
           f"{'met' if speedup >= TARGET_SPEEDUP else 'NOT met'})")
-    ok = difference <= TOLERANCE[dtype]
-    print(f"adapter after {args.check_steps} steps on the same data, 2 GPUs vs 1: max over modules of "
-          f"||dB|| / ||B|| = {difference:.2e} (tolerance {TOLERANCE[dtype]:g}: {'ok' if ok else 'EXCEEDED'}); "
-          f"check losses 1 GPU {rows[0]['check_losses']}, 2 GPUs {rows[1]['check_losses']}")
-    return {"rows": rows, "speedup": speedup, "relative_difference": difference, "equivalent": ok}
+
+    pairs = [("2gpu", "1gpu", "2 GPUs vs 1 GPU (the two jobs)"),
+             ("1gpu-repeat", "1gpu", "1 GPU vs 1 GPU again (kernel nondeterminism)"),
+             ("2gpu", "1gpu-halves", "2 GPUs vs 1 GPU summing the same two halves"),
+             ("1gpu", "1gpu-fp32", "1 GPU bf16 vs 1 GPU fp32 (bf16's own error)")]
+    differences = {(a, b): relative_difference(trained[b], trained[a]) for a, b, _ in pairs
+                   if a in trained and b in trained}
+    print(f"adapters after {args.check_steps} steps on the same data, max over modules of ||B_x - B_y|| / ||B_y||:")
+    for a, b, label in pairs:
+        if (a, b) in differences:
+            print(f"  {label:48} {differences[a, b]:.2e}")
+    difference = differences["2gpu", "1gpu"]
+    tolerance = differences.get(("1gpu", "1gpu-fp32")) if bf16 else FP32_TOLERANCE
+    ok = tolerance is not None and difference <= tolerance
+    source = "bf16 vs fp32 on 1 GPU, measured above" if bf16 else "fixed for fp32"
+    print(f"2-GPU adapter equals the 1-GPU adapter within {'bf16' if bf16 else 'fp32'} tolerance "
+          f"({difference:.2e} <= {tolerance if tolerance is None else f'{tolerance:.2e}'}, {source}): "
+          f"{'yes' if ok else 'NO'}")
+    print("check losses: " + "; ".join(f"{name} {[round(x, 6) for x in losses]}" for r in rows
+                                       for name, losses in r["check_losses"].items()))
+    return {"rows": rows, "speedup": speedup, "relative_difference": difference, "tolerance": tolerance,
+            "differences": {f"{a} vs {b}": d for (a, b), d in differences.items()}, "equivalent": ok}
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@
                    MergeParams(rank=64), out_dir=Path(tmp), device="cuda")
 
 Plan from headers only: union of the inputs' modules (a module missing in one input counts as zero), each
-module's output rank from the method's rank rule, the output safetensors header. Then per module: load the
-inputs' factors onto `device` as float32, fold w_i * s_i into Factor.weight, run the method, append A and B
-to the output file. Peak memory is one module's inputs and output plus the method's workspace (the dense
-methods hold n float32 [out, in] updates), never a whole adapter.
+module's output rank from the method's rank rule, the output safetensors header. Then per batch of
+consecutive modules (up to `batch_bytes` of float32 input factors, at least one module): load the inputs'
+factors onto `device` as float32, fold w_i * s_i into Factor.weight, run the method on the batch (methods
+with a batched form, like linear, amortise their per-module overhead over it), append A and B to the output
+file. Peak memory is one batch's inputs and outputs plus the method's workspace (the dense methods hold n
+float32 [out, in] updates per module), never a whole adapter.
 
 Output folder: adapter_config.json (PEFT LoRA, lora_alpha = r so the scale is 1; rank_pattern/alpha_pattern
 for modules whose rank differs from the most common one), adapter_model.safetensors with metadata
@@ -33,6 +35,7 @@ from merging.peft_io import TORCH_DTYPES, LoraFolder, open_lora_folder, tensor_b
 from merging.registry import MergeMethod, get_method
 
 OUT_DTYPES = ("float32", "input")  # float32, or the dtype the inputs share
+BATCH_BYTES = 256 * 2**20  # float32 input factors per batch: tens of modules of an 8B model, not the whole adapter
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class MergeSummary:
 
 
 def merge_adapters(inputs: list[MergeInput], method: str, params: MergeParams, out_dir: Path,
-                   device: str = "cpu", *, out_dtype: str = "float32") -> MergeSummary:
+                   device: str = "cpu", *, out_dtype: str = "float32", batch_bytes: int = BATCH_BYTES) -> MergeSummary:
     start = time.perf_counter()
     spec = get_method(method)
     spec.check_params(params)
@@ -88,19 +91,21 @@ def merge_adapters(inputs: list[MergeInput], method: str, params: MergeParams, o
         weight_specs[lora_key(module, "A")] = TensorSpec(dtype, (r, entry.in_features))   # A: [k, in]
         weight_specs[lora_key(module, "B")] = TensorSpec(dtype, (entry.out_features, r))  # B: [out, k]
     with SafetensorsWriter(out_dir / ADAPTER_WEIGHTS, weight_specs, {"format": "pt", META_KIND: "merged"}) as w:
-        for module, present in modules.items():
-            factors = [Factor(*folders[i].load(module, dev), inputs[i].weight * folders[i].scale(module))
-                       for i in present]
+        for batch in _batches(folders, modules, batch_bytes):
+            factors = [[Factor(*folders[i].load(module, dev), inputs[i].weight * folders[i].scale(module))
+                        for i in modules[module]] for module in batch]
             t0 = time.perf_counter()
-            A, B = spec(factors, replace(params, seed=module_seed(params.seed, module)))
+            merged = spec.many(factors, [replace(params, seed=module_seed(params.seed, m)) for m in batch])
             _synchronize(dev)
             compute += time.perf_counter() - t0
             del factors
-            for key, t in ((lora_key(module, "A"), A), (lora_key(module, "B"), B)):
-                if tuple(t.shape) != weight_specs[key].shape:
-                    raise RuntimeError(f"{method} returned {key} of shape {list(t.shape)}, "
-                                       f"its rank rule promised {list(weight_specs[key].shape)}")
-                w.write(key, tensor_buffer(t.to(TORCH_DTYPES[dtype])))
+            for module, (A, B) in zip(batch, merged, strict=True):
+                for key, t in ((lora_key(module, "A"), A), (lora_key(module, "B"), B)):
+                    if tuple(t.shape) != weight_specs[key].shape:
+                        raise RuntimeError(f"{method} returned {key} of shape {list(t.shape)}, "
+                                           f"its rank rule promised {list(weight_specs[key].shape)}")
+                    w.write(key, tensor_buffer(t.to(TORCH_DTYPES[dtype])))
+            del merged
     written = w.nbytes
 
     masks_written = spec.stacks_b and all(f.mask_dtype for f in folders)
@@ -120,6 +125,21 @@ def module_seed(seed: int, module: str) -> int:
     """One random stream per module, independent of module order and of which modules exist."""
     digest = hashlib.blake2b(f"{seed}:{module}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def _batches(folders: list[LoraFolder], modules: dict[str, list[int]], batch_bytes: int):
+    """Consecutive runs of modules whose float32 input factors sum to at most batch_bytes (one module
+    at least, however large)."""
+    batch, size = [], 0
+    for module, present in modules.items():
+        nbytes = sum(4 * e.rank * (e.in_features + e.out_features) for e in (folders[i].modules[module] for i in present))
+        if batch and size + nbytes > batch_bytes:
+            yield batch
+            batch, size = [], 0
+        batch.append(module)
+        size += nbytes
+    if batch:
+        yield batch
 
 
 def _module_rank(spec: MergeMethod, folders: list[LoraFolder], present: list[int], module: str,

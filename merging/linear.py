@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from merging.lowrank import factored_rank_k
+from merging.lowrank import factored_rank_k_many
 from merging.params import Factor, MergeParams
 from merging.registry import register
 
@@ -21,9 +21,18 @@ def factored_rank(ranks: list[int], out_features: int, in_features: int, params:
     return min(params.rank, sum(ranks), out_features, in_features)
 
 
-@register("task_arithmetic", paper="https://arxiv.org/abs/2212.04089", needs_rank=True, output_rank=factored_rank)
-@register("linear", paper="https://arxiv.org/abs/2212.04089", needs_rank=True, output_rank=factored_rank)
+def linear_many(modules: list[list[Factor]], params: list[MergeParams]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Several modules in one factored_rank_k_many call (their small eighs batch); the rank is the same
+    for all (only the per-module seed differs, which linear does not use)."""
+    stacks = [(torch.cat([f.weight * f.B for f in factors], dim=1),  # Bs: [out, R]
+               torch.cat([f.A for f in factors], dim=0))             # As: [R, in]
+              for factors in modules]
+    return factored_rank_k_many(stacks, params[0].rank)             # [(A [k, in], B [out, k]), ...]
+
+
+@register("task_arithmetic", paper="https://arxiv.org/abs/2212.04089", needs_rank=True, output_rank=factored_rank,
+          many=linear_many)
+@register("linear", paper="https://arxiv.org/abs/2212.04089", needs_rank=True, output_rank=factored_rank,
+          many=linear_many)
 def linear(factors: list[Factor], params: MergeParams) -> tuple[torch.Tensor, torch.Tensor]:
-    Bs = torch.cat([f.weight * f.B for f in factors], dim=1)  # [out, R]
-    As = torch.cat([f.A for f in factors], dim=0)             # [R, in]
-    return factored_rank_k(Bs, As, params.rank)               # A: [k, in], B: [out, k]
+    return linear_many([factors], [params])[0]

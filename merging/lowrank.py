@@ -6,6 +6,9 @@ B = U S, A = V^T; the product is identical).
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
 
@@ -26,34 +29,83 @@ def factored_rank_k(Bs: torch.Tensor, As: torch.Tensor, k: int) -> tuple[torch.T
       so Bs @ As = (Q W) S (S^-1 W^T L^T As) is its SVD. The big work is four tall-skinny matmuls: the two
       Gram matrices (float64, as they square the condition number) and the two final products.
     """
-    out_features, R = Bs.shape
-    m = min(k, out_features, As.shape[1], R)
-    A = As.new_zeros(m, As.shape[1])  # [m, in]
-    B = Bs.new_zeros(out_features, m)  # [out, m]
-    Bs64, As64 = Bs.double(), As.double()
-    G_B = (Bs64.T @ Bs64).cpu()  # [R, R]
-    G_A = (As64 @ As64.T).cpu()  # [R, R]
-    del Bs64, As64
-    lam, V = _eigh_above_noise(G_B)            # lam: [p], V: [R, p]
-    if lam.numel() == 0:
-        return A, B
-    L = V * lam.sqrt()                                       # [R, p]
-    S2, W = _eigh_above_noise(L.T @ G_A @ L)                 # S2: [q], W: [p, q], descending
-    n = min(m, S2.numel())
-    root_S = S2[:n].sqrt().sqrt()                            # S^1/2 for the balanced split
-    to_B = (V / lam.sqrt()) @ W[:, :n] * root_S              # [R, n]: B = Q W S^1/2 = Bs @ to_B
-    to_A = (W[:, :n].T @ L.T) / root_S[:, None]              # [n, R]: A = S^-1/2 W^T L^T As = S^1/2 Vh
-    B[:, :n] = Bs @ to_B.to(Bs.device, Bs.dtype)
-    A[:n] = to_A.to(As.device, As.dtype) @ As
-    return A, B
+    return factored_rank_k_many([(Bs, As)], k)[0]
+
+
+def factored_rank_k_many(stacks: list[tuple[torch.Tensor, torch.Tensor]], k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """factored_rank_k of many modules at once: [(Bs [out, R], As [R, in]), ...] -> [(A, B), ...].
+
+    Per module, each R x R problem costs two float64 eighs of ~1-2 ms on the CPU, which is most of a merge
+    when done one module at a time (and a GPU eigh is no faster at this size). So the Gram matrices of all
+    modules go to the CPU in one copy, the eighs run batched, split over threads, and the small results
+    come back in one copy; only the Gram and final products touch the factors, on their own device.
+    Dropped directions are zeroed rather than cut, so every problem keeps its R x R shape and batches.
+    """
+    results: list = [None] * len(stacks)
+    groups: dict[tuple[int, int], list[int]] = {}  # (R, m) -> module indices; one batched solve each
+    for i, (Bs, As) in enumerate(stacks):
+        R = Bs.shape[1]
+        groups.setdefault((R, min(k, Bs.shape[0], As.shape[1], R)), []).append(i)
+    for (R, m), members in groups.items():
+        grams_B, grams_A = [], []
+        for i in members:
+            Bs64, As64 = stacks[i][0].double(), stacks[i][1].double()
+            grams_B.append(Bs64.T @ Bs64)
+            grams_A.append(As64 @ As64.T)
+            del Bs64, As64
+        to_B, to_A = _solve_cores(torch.stack(grams_B).cpu(), torch.stack(grams_A).cpu(), m)
+        device = stacks[members[0]][0].device
+        to_B, to_A = to_B.to(device), to_A.to(device)  # [N, R, m], [N, m, R]
+        for j, i in enumerate(members):
+            Bs, As = stacks[i]
+            results[i] = (to_A[j].to(As.dtype) @ As, Bs @ to_B[j].to(Bs.dtype))
+    return results
+
+
+def _solve_cores(G_B: torch.Tensor, G_A: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The R x R part of factored_rank_k for N modules: float64 Grams [N, R, R] (CPU) -> the maps
+    to_B [N, R, m] and to_A [N, m, R] with B = Bs @ to_B and A = to_A @ As. Threads over chunks of the batch:
+    LAPACK's eigh is serial at this size, and one thread per chunk (intra-op threads off meanwhile, else they
+    fight) scales with the cores."""
+    n = G_B.shape[0]
+    workers = min(len(os.sched_getaffinity(0)), n // MIN_CHUNK)
+    if workers <= 1:
+        return _solve_core_chunk(G_B, G_A, m)
+    intra_op = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            parts = list(pool.map(_solve_core_chunk, G_B.chunk(workers), G_A.chunk(workers), [m] * workers))
+    finally:
+        torch.set_num_threads(intra_op)  # set_num_threads is process-wide, not per thread
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+MIN_CHUNK = 2  # problems per thread below which a thread costs more than it saves
+
+
+def _solve_core_chunk(G_B: torch.Tensor, G_A: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    lam, V = _eigh_above_noise(G_B)                            # [N, R], [N, R, R]; dropped lam are 0
+    root_lam = lam.sqrt()
+    L = V * root_lam[:, None, :]                               # [N, R, R]
+    S2, W = _eigh_above_noise(L.mT @ G_A @ L)                  # descending
+    S2, W = S2[:, :m], W[:, :, :m]
+    root_S = S2.sqrt().sqrt()                                  # S^1/2 for the balanced split
+    to_B = (V * _inverse_or_zero(root_lam)[:, None, :]) @ W * root_S[:, None, :]   # B = Q W S^1/2 = Bs @ to_B
+    to_A = (W.mT @ L.mT) * _inverse_or_zero(root_S)[:, :, None]                   # A = S^-1/2 W^T L^T As
+    return to_B, to_A
 
 
 def _eigh_above_noise(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenpairs of a PSD float64 matrix [n, n] above n * eps * the largest eigenvalue, descending."""
+    """Eigenpairs of PSD float64 matrices [N, n, n], descending; eigenvalues at or below n * eps * the
+    largest are set to 0 (their directions are float64 noise and would be divided by ~0)."""
     lam, V = torch.linalg.eigh(G)  # ascending
-    lam, V = lam.flip(0), V.flip(1)
-    keep = lam > max(float(lam[0]), 0.0) * G.shape[0] * torch.finfo(G.dtype).eps
-    return lam[keep], V[:, keep]
+    lam, V = lam.flip(-1), V.flip(-1)
+    floor = lam[:, :1].clamp(min=0) * G.shape[-1] * torch.finfo(G.dtype).eps
+    return torch.where(lam > floor, lam, 0.0), V
+
+
+def _inverse_or_zero(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x > 0, 1.0 / torch.where(x > 0, x, 1.0), 0.0)
 
 
 def truncated_svd(M: torch.Tensor, k: int, mode: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

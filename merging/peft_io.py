@@ -1,13 +1,14 @@
 """Read PEFT LoRA folders one module at a time, and turn tensors into buffers for the streaming writer.
 
-Only headers are read up front (adapterio, plain Python): the module index, ranks, shapes and dtypes.
-Factors are then loaded per module with safetensors.safe_open, re-opened for each module: safe_open maps
-the file, and pages touched through a handle stay resident until it closes, so one long-lived handle per
-input would grow to the whole adapter. Re-opening costs one small header parse per module and input.
+Only headers are read up front (adapterio, plain Python): the module index, ranks, shapes, dtypes and byte
+offsets. Factors are then read per module with pread at those offsets into a fresh buffer: no mapping, so
+nothing of the file stays resident after a module is done, and no header is parsed again per module (a
+safe_open per module and input would re-parse the whole header each time).
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from safetensors import safe_open
 from adapterio.peft_format import (
     ADAPTER_CONFIG, ADAPTER_WEIGHTS, LORI_MASKS, lora_scale, module_rank_alpha, parse_lora_key,
 )
-from adapterio.safetensors_header import read_header_from_path
+from adapterio.safetensors_header import SafetensorsHeader, read_header_from_path
 
 TORCH_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -46,6 +47,7 @@ class LoraFolder:
     modules: dict[str, ModuleEntry]
     dtype: str              # safetensors dtype of the factors (one per adapter)
     mask_dtype: str | None  # dtype of lori_masks.safetensors, None when the adapter has no masks
+    header: SafetensorsHeader  # of adapter_model.safetensors: where each factor's bytes are
 
     @property
     def weights_path(self) -> Path:
@@ -61,8 +63,8 @@ class LoraFolder:
     def load(self, module: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(A [r, in], B [out, r]) of `module` as float32 on `device`."""
         entry = self.modules[module]
-        with safe_open(self.weights_path, framework="pt") as f:
-            A, B = f.get_tensor(entry.a_key), f.get_tensor(entry.b_key)
+        with open(self.weights_path, "rb") as f:
+            A, B = (read_tensor(f.fileno(), self.header, key) for key in (entry.a_key, entry.b_key))
         return A.to(device).float(), B.to(device).float()
 
     def load_mask(self, module: str) -> torch.Tensor:
@@ -113,7 +115,20 @@ def open_lora_folder(path: Path) -> LoraFolder:
     if len(dtypes) != 1:
         raise ValueError(f"{path}: factors mix dtypes {sorted(dtypes)}")
     return LoraFolder(path=path, config=config, modules=modules, dtype=dtypes.pop(),
-                      mask_dtype=_check_masks(path, modules))
+                      mask_dtype=_check_masks(path, modules), header=header)
+
+
+def read_tensor(fd: int, header: SafetensorsHeader, key: str) -> torch.Tensor:
+    """Tensor `key` of a safetensors file whose (validated) header is `header`, read with pread."""
+    info = header.tensors[key]
+    raw = torch.empty(info.end - info.begin, dtype=torch.uint8)
+    view, done = memoryview(raw.numpy()), 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], header.data_start + info.begin + done)
+        if n == 0:
+            raise ValueError(f"{key}: the file ends early (changed since its header was read?)")
+        done += n
+    return raw.view(TORCH_DTYPES[info.dtype]).reshape(info.shape)
 
 
 def _module_entry(path: Path, config: dict, module: str, pair: dict) -> ModuleEntry:

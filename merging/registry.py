@@ -6,7 +6,9 @@ function, a second registration of a name is refused, and an unknown name lists 
 
 `output_rank(ranks, out_features, in_features, params)` says the rank a method returns for one module
 before any tensor is read, so the executor can write the output header up front. `stacks_b` marks methods
-whose B is the inputs' B side by side, so the executor stacks their LoRI masks too.
+whose B is the inputs' B side by side, so the executor stacks their LoRI masks too. `many`, optional,
+merges several modules in one call (the executor hands over a batch of modules), for methods whose per-module
+overhead batches away; without it the batch runs module by module through `fn`.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Callable
 from merging.params import Factor, MergeParams
 
 RankRule = Callable[[list[int], int, int, MergeParams], int]
+ManyFn = Callable[[list[list[Factor]], list[MergeParams]], list[tuple]]
 
 
 class UnknownMergeMethod(ValueError):
@@ -30,9 +33,16 @@ class MergeMethod:
     needs_rank: bool  # True: params.rank is the target rank k and is required; False: rank must be None
     output_rank: RankRule
     stacks_b: bool  # output B is hstack of the inputs' B in input order, so LoRI masks stack alike
+    many_fn: ManyFn | None = None
 
     def __call__(self, factors: list[Factor], params: MergeParams):
         return self.fn(factors, params)
+
+    def many(self, modules: list[list[Factor]], params: list[MergeParams]) -> list[tuple]:
+        """[(A, B) per module] for a batch of modules, params[i] belonging to modules[i]."""
+        if self.many_fn is not None:
+            return self.many_fn(modules, params)
+        return [self.fn(factors, p) for factors, p in zip(modules, params)]
 
     def check_params(self, params: MergeParams) -> None:
         if self.needs_rank and params.rank is None:
@@ -46,13 +56,14 @@ class MergeMethod:
 METHODS: dict[str, MergeMethod] = {}
 
 
-def register(name: str, *, paper: str, needs_rank: bool, output_rank: RankRule, stacks_b: bool = False):
-    """Decorator adding `fn` to METHODS under `name`; refuses a name that is already taken."""
+def register(name: str, *, paper: str, needs_rank: bool, output_rank: RankRule, stacks_b: bool = False,
+             many: ManyFn | None = None):
+    """Decorator adding `fn` (and its batched form `many`) to METHODS under `name`; refuses a taken name."""
     def decorate(fn):
         if name in METHODS:
             raise ValueError(f"merge method {name!r} is already registered (by {METHODS[name].fn.__module__})")
         METHODS[name] = MergeMethod(name=name, fn=fn, paper=paper, needs_rank=needs_rank,
-                                   output_rank=output_rank, stacks_b=stacks_b)
+                                   output_rank=output_rank, stacks_b=stacks_b, many_fn=many)
         return fn
     return decorate
 

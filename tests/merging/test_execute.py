@@ -276,3 +276,28 @@ def test_failed_merge_leaves_no_partial_weights(tmp_path, monkeypatch):
         merge_adapters([MergeInput(a, 1.0)], "concat", MergeParams(), tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
 
+
+
+@pytest.mark.parametrize("method,params", [("linear", MergeParams(rank=6)), ("dare_ties", MergeParams(rank=4, density=0.5))])
+def test_batch_size_does_not_change_the_result(tmp_path, method, params):
+    """One module per batch, a few per batch, everything in one batch: the same bytes (the batched solve
+    and the per-module seeds do not depend on how modules are grouped)."""
+    shapes = {f"model.layers.{i}.{name}": s for i in range(6) for name, s in SHAPES.items()}
+    inputs = [MergeInput(write_adapter(tmp_path / f"in{s}", random_factors(shapes, 4, seed=s), r=4, alpha=8), w)
+              for s, w in ((1, 1.0), (2, -0.5))]
+    outputs = []
+    for batch_bytes in (1, 3000, 2**30):
+        merge_adapters(inputs, method, params, tmp_path / f"out{batch_bytes}", batch_bytes=batch_bytes)
+        outputs.append((tmp_path / f"out{batch_bytes}" / ADAPTER_WEIGHTS).read_bytes())
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_a_file_truncated_after_planning_is_an_error_not_garbage(tmp_path, monkeypatch):
+    path = write_adapter(tmp_path / "a", random_factors(SHAPES, 4, seed=1), r=4, alpha=8)
+    from merging import peft_io
+
+    opened = peft_io.open_lora_folder(path)
+    with open(path / ADAPTER_WEIGHTS, "r+b") as f:
+        f.truncate(opened.header.data_start + 16)
+    with pytest.raises(ValueError, match="ends early"):
+        opened.load(next(iter(opened.modules)), torch.device("cpu"))

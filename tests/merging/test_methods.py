@@ -198,3 +198,35 @@ def test_methods_keep_float32_and_are_deterministic(name):
     A2, B2 = method(factors, params)
     assert A.dtype == B.dtype == torch.float32
     assert torch.equal(A, A2) and torch.equal(B, B2)
+
+
+def test_linear_many_equals_one_module_at_a_time():
+    """The batched form (one batched eigh over all modules, threads over chunks) gives each module exactly
+    what the single-module call gives, also for mixed ranks and shapes in one batch."""
+    from merging.lowrank import MIN_CHUNK
+
+    modules = [make_factors([3, 5], out=24 + i, inp=20 - i % 3, seed=i) for i in range(4 * MIN_CHUNK)]
+    modules += [make_factors([2, 2], seed=99), make_factors([6, 6], out=4, inp=5, seed=98)]
+    params = [MergeParams(rank=5)] * len(modules)
+    threads = torch.get_num_threads()
+    batched = METHODS["linear"].many(modules, params)
+    assert torch.get_num_threads() == threads  # the solve's threads hand the intra-op setting back
+    for factors, (A, B) in zip(modules, batched, strict=True):
+        A1, B1 = METHODS["linear"](factors, params[0])
+        assert A.shape == A1.shape and B.shape == B1.shape
+        assert torch.allclose(A, A1, atol=1e-5) and torch.allclose(B, B1, atol=1e-5)
+    for factors, (A, B) in zip(modules, batched):
+        U, S, Vh = torch.linalg.svd(dense(factors), full_matrices=False)
+        k = A.shape[0]
+        assert rel(product(A, B), U[:, :k] @ torch.diag(S[:k]) @ Vh[:k]) < 1e-5
+
+
+def test_threaded_core_solve_equals_serial():
+    from merging.lowrank import _solve_core_chunk, _solve_cores
+
+    g = torch.Generator().manual_seed(3)
+    X, Y = torch.randn(24, 12, 30, generator=g, dtype=torch.float64), torch.randn(24, 12, 40, generator=g, dtype=torch.float64)
+    G_B, G_A = X @ X.mT, Y @ Y.mT
+    to_B, to_A = _solve_cores(G_B, G_A, 7)
+    ref_B, ref_A = _solve_core_chunk(G_B, G_A, 7)
+    assert torch.allclose(to_B, ref_B, atol=1e-12) and torch.allclose(to_A, ref_A, atol=1e-12)
