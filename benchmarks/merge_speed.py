@@ -212,7 +212,7 @@ def main() -> None:
     if set(shapes) - set(SHAPES):
         parser.error(f"unknown shapes {sorted(set(shapes) - set(SHAPES))}; choose from {', '.join(SHAPES)}")
     print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads, {os.cpu_count()} CPUs, "
-          f"merge batches of {BATCH_BYTES // 2**20} MiB, "
+          f"merge batches of {BATCH_BYTES[torch.device(args.device).type] // 2**20} MiB, "
           f"load average {os.getloadavg()[0]:.1f}; {N_ADAPTERS} inputs of rank {RANK}; f2f = file to file; "
           "PEFT/x = PEFT add_weighted_adapter time / ours; ~ = PEFT svd timed on --peft-svd-layers layers and "
           "scaled to all", flush=True)

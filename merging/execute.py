@@ -35,7 +35,11 @@ from merging.peft_io import TORCH_DTYPES, LoraFolder, open_lora_folder, tensor_b
 from merging.registry import MergeMethod, get_method
 
 OUT_DTYPES = ("float32", "input")  # float32, or the dtype the inputs share
-BATCH_BYTES = 256 * 2**20  # float32 input factors per batch: tens of modules of an 8B model, not the whole adapter
+# Float32 input factors per batch of modules (tens of modules of an 8B model, never the whole adapter). On a
+# GPU a batch amortises the per-module launches and host round trips (8B linear: 0.93 s compute at 32 MiB,
+# 0.37 s at 128, 0.22 s at 512 on an H100); on the CPU it gains nothing past the solve's threads, and
+# memory is the scarcer resource.
+BATCH_BYTES = {"cuda": 256 * 2**20, "cpu": 64 * 2**20}
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,8 @@ class MergeSummary:
 
 
 def merge_adapters(inputs: list[MergeInput], method: str, params: MergeParams, out_dir: Path,
-                   device: str = "cpu", *, out_dtype: str = "float32", batch_bytes: int = BATCH_BYTES) -> MergeSummary:
+                   device: str = "cpu", *, out_dtype: str = "float32",
+                   batch_bytes: int | None = None) -> MergeSummary:
     start = time.perf_counter()
     spec = get_method(method)
     spec.check_params(params)
@@ -84,6 +89,7 @@ def merge_adapters(inputs: list[MergeInput], method: str, params: MergeParams, o
         raise ValueError(f"{out_dir}: output folder must be empty")
 
     dev = torch.device(device)
+    batch_bytes = batch_bytes or BATCH_BYTES.get(dev.type, BATCH_BYTES["cpu"])
     compute = 0.0
     weight_specs = {}
     for module, r in ranks.items():

@@ -32,7 +32,8 @@ def factored_rank_k(Bs: torch.Tensor, As: torch.Tensor, k: int) -> tuple[torch.T
     return factored_rank_k_many([(Bs, As)], k)[0]
 
 
-def factored_rank_k_many(stacks: list[tuple[torch.Tensor, torch.Tensor]], k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def factored_rank_k_many(stacks: list[tuple[torch.Tensor, torch.Tensor]],
+                         k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """factored_rank_k of many modules at once: [(Bs [out, R], As [R, in]), ...] -> [(A, B), ...].
 
     Per module, each R x R problem costs two float64 eighs of ~1-2 ms on the CPU, which is most of a merge
@@ -62,6 +63,9 @@ def factored_rank_k_many(stacks: list[tuple[torch.Tensor, torch.Tensor]], k: int
     return results
 
 
+MIN_CHUNK = 2  # problems per thread below which a thread costs more than it saves
+
+
 def _solve_cores(G_B: torch.Tensor, G_A: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The R x R part of factored_rank_k for N modules: float64 Grams [N, R, R] (CPU) -> the maps
     to_B [N, R, m] and to_A [N, m, R] with B = Bs @ to_B and A = to_A @ As. Threads over chunks of the batch:
@@ -71,16 +75,13 @@ def _solve_cores(G_B: torch.Tensor, G_A: torch.Tensor, m: int) -> tuple[torch.Te
     workers = min(len(os.sched_getaffinity(0)), n // MIN_CHUNK)
     if workers <= 1:
         return _solve_core_chunk(G_B, G_A, m)
-    intra_op = torch.get_num_threads()
+    intra_op = torch.get_num_threads()  # process-wide; merges run alone in their worker process
     try:
         with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
             parts = list(pool.map(_solve_core_chunk, G_B.chunk(workers), G_A.chunk(workers), [m] * workers))
     finally:
-        torch.set_num_threads(intra_op)  # set_num_threads is process-wide, not per thread
+        torch.set_num_threads(intra_op)
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-
-MIN_CHUNK = 2  # problems per thread below which a thread costs more than it saves
 
 
 def _solve_core_chunk(G_B: torch.Tensor, G_A: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
