@@ -34,6 +34,7 @@ In fp32 runs the bar is a fixed 1e-4.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -45,6 +46,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -179,10 +181,28 @@ def measure(dist: Ranks, args) -> None:
 def run_check(step, optimizer: AdapterOptimizer, args, shape: dict) -> tuple[list[float], dict]:
     """--check-steps steps on the check batches (the same in every variant and run); (losses, trained B's)."""
     g = torch.Generator(device="cpu").manual_seed(1)
-    losses = [step(random_rows(g, args.batch, args.seq, shape["vocab_size"])).item() for _ in range(args.check_steps)]
+    with deterministic_kernels(args.deterministic):
+        losses = [step(random_rows(g, args.batch, args.seq, shape["vocab_size"])).item()
+                  for _ in range(args.check_steps)]
     # clone: on the CPU in fp32 the masters are the parameters, which later variants reset and train
     trained = {k: m.detach().float().cpu().clone() for k, m in zip(optimizer.names, optimizer.masters)}
     return losses, trained
+
+
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool):
+    """--deterministic: deterministic algorithms (cuBLAS with a fixed workspace, CUBLAS_WORKSPACE_CONFIG set
+    by main) and the math attention kernel, whose backward, unlike the fused ones, accumulates in a fixed
+    order. Only around the check steps: the throughput phase runs the job's usual kernels."""
+    if not enabled:
+        yield
+        return
+    with sdpa_kernel(SDPBackend.MATH):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(False)
 
 
 def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -202,6 +222,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10, tiny 3)")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip the fp32 reference run of a bf16 benchmark (no bf16 tolerance then)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="check steps with deterministic kernels (math attention), to separate the 2-GPU "
+                             "split from run-to-run kernel noise")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -217,9 +240,11 @@ def main(argv: list[str] | None = None) -> dict:
         worker_args = [f"--batch={args.batch}", f"--seq={args.seq}", f"--check-steps={args.check_steps}",
                        f"--settle-steps={args.settle_steps}", f"--steps={args.steps}", f"--out={out}"]
         worker_args += ["--tiny"] * args.tiny + [f"--dtype={args.dtype}"] * bool(args.dtype)
-        worker_args += ["--no-reference"] * args.no_reference
+        worker_args += ["--no-reference"] * args.no_reference + ["--deterministic"] * args.deterministic
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                           os.environ.get("PYTHONPATH")]))}
+        if args.deterministic:
+            env["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # what deterministic cuBLAS needs, before it starts
         for world_size in (1, 2):
             subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                             f"--nproc_per_node={world_size}", __file__, "--worker", *worker_args],
@@ -230,7 +255,8 @@ def main(argv: list[str] | None = None) -> dict:
     one = rows[0]["tokens_per_s"]
     bf16 = "bfloat16" in rows[0]["dtype"]
     print(f"{'tiny' if args.tiny else 'Llama-3-8B shape'}, {rows[0]['dtype']}, lori_s rank {RANK}, "
-          f"{args.batch} x {args.seq} tokens per GPU, {args.steps} timed steps on {rows[0]['device']}")
+          f"{args.batch} x {args.seq} tokens per GPU, {args.steps} timed steps on {rows[0]['device']}"
+          + (", check steps with deterministic kernels" if args.deterministic else ""))
     print(f"{'GPUs':>4} {'tokens/s':>10} {'per GPU':>9} {'speed-up':>9} {'efficiency':>10} {'step s':>7} "
           f"{'peak GiB':>8}")
     for r in rows:

@@ -9,7 +9,7 @@ def test_multigpu_benchmark_runs_tiny_on_cpu(capsys):
     spec = importlib.util.spec_from_file_location("train_multigpu", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    result = module.main(["--tiny", "--check-steps", "2", "--settle-steps", "0", "--steps", "1"])
+    result = module.main(["--tiny", "--deterministic", "--check-steps", "2", "--settle-steps", "0", "--steps", "1"])
     assert [r["world_size"] for r in result["rows"]] == [1, 2]
     assert all(r["tokens_per_s"] > 0 for r in result["rows"])
     assert result["equivalent"] and result["relative_difference"] < 1e-4  # fp32 on the CPU
