@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -69,7 +70,9 @@ class MergeSummary:
 
 def merge_adapters(inputs: list[MergeInput], method: str, params: MergeParams, out_dir: Path,
                    device: str = "cpu", *, out_dtype: str = "float32",
-                   batch_bytes: int | None = None) -> MergeSummary:
+                   batch_bytes: int | None = None,
+                   on_progress: Callable[[int, int], None] | None = None) -> MergeSummary:
+    """on_progress(modules done, modules in all) is called after each batch is written."""
     start = time.perf_counter()
     spec = get_method(method)
     spec.check_params(params)
@@ -90,7 +93,7 @@ def merge_adapters(inputs: list[MergeInput], method: str, params: MergeParams, o
 
     dev = torch.device(device)
     batch_bytes = batch_bytes or BATCH_BYTES.get(dev.type, BATCH_BYTES["cpu"])
-    compute = 0.0
+    compute, done = 0.0, 0
     weight_specs = {}
     for module, r in ranks.items():
         entry = folders[modules[module][0]].modules[module]
@@ -112,6 +115,9 @@ def merge_adapters(inputs: list[MergeInput], method: str, params: MergeParams, o
                                            f"its rank rule promised {list(weight_specs[key].shape)}")
                     w.write(key, tensor_buffer(t.to(TORCH_DTYPES[dtype])))
             del merged
+            done += len(batch)
+            if on_progress is not None:
+                on_progress(done, len(modules))
     written = w.nbytes
 
     masks_written = spec.stacks_b and all(f.mask_dtype for f in folders)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 from jobs.handlers.base import Handler, WorkerContext
@@ -44,8 +45,15 @@ def compute(task: dict, emit, should_stop) -> dict:
     out_dir.mkdir(parents=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     emit({"type": "log", "message": f"merging {len(task['inputs'])} adapters with {task['method']} on {device}"})
+    started = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        elapsed = time.perf_counter() - started
+        emit({"type": "progress", "step": done, "total_steps": total, "unit": "modules",
+              "eta_s": (total - done) * elapsed / done})
+
     summary = merge_adapters([MergeInput(Path(i["path"]), i["weight"]) for i in task["inputs"]], task["method"],
-                             MergeParams(**task["params"]), out_dir, device=device)
+                             MergeParams(**task["params"]), out_dir, device=device, on_progress=progress)
     emit({"type": "log", "message": f"merged {summary.modules} modules in {summary.seconds:.2f}s"})
     return {"metrics": {"seconds": summary.seconds, "compute_seconds": summary.compute_seconds,
                         "modules": summary.modules, "rank": summary.rank}}

@@ -85,6 +85,10 @@ def test_concat_job_and_interference_report(client, services, two_adapters):
     assert done["status"] == "succeeded", done
     version = client.get("/v1/adapters/cat/versions/1").json()
     assert version["rank"] in (4, 12) and version["kind"] == "merged"
+    events = client.get(f"/v1/jobs/{job['id']}/events").json()
+    progress = [e for e in events if e["type"] == "progress"]
+    assert progress and progress[-1]["data"]["step"] == progress[-1]["data"]["total_steps"] > 0
+    assert progress[-1]["data"]["unit"] == "modules" and progress[-1]["data"]["eta_s"] == 0
 
     with RunningWorker(services):
         first = client.get("/v1/adapters/interference?versions=math:1,code:latest")

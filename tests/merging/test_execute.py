@@ -301,3 +301,12 @@ def test_a_file_truncated_after_planning_is_an_error_not_garbage(tmp_path, monke
         f.truncate(opened.header.data_start + 16)
     with pytest.raises(ValueError, match="ends early"):
         opened.load(next(iter(opened.modules)), torch.device("cpu"))
+
+
+def test_progress_is_reported_after_each_batch(tmp_path):
+    shapes = {f"model.layers.{i}.{name}": s for i in range(3) for name, s in SHAPES.items()}
+    inputs = [MergeInput(write_adapter(tmp_path / "a", random_factors(shapes, 4, seed=1), r=4, alpha=8), 1.0)]
+    calls = []
+    merge_adapters(inputs, "linear", MergeParams(rank=4), tmp_path / "out", batch_bytes=1,
+                   on_progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 6) for i in range(1, 7)]  # one module per batch here
