@@ -24,7 +24,8 @@ from training.recipe import TrainConfig, TrainingStopped, run_training
 A_SEED = 1234
 # fp32 equality to 1e-5 holds on the CPU; on a GPU host the same tests would run in bf16 on cuda devices
 # (the GPU comparison lives in benchmarks/train_multigpu.py and test_world_size_one_on_a_gpu_with_nccl).
-cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="fp32 CPU equality test (gloo)")
+cpu_only = pytest.mark.skipif(torch.cuda.is_available(),
+                              reason="gloo ranks on the CPU (on a CUDA host every rank would take a GPU)")
 FAST = dict(rank=8, batch_size=5, max_length=32, checkpoint_every=1000, compile=False)
 
 
@@ -123,6 +124,7 @@ def test_world_size_one_on_a_gpu_with_nccl(tiny_model_dir, data, tmp_path):
     assert _max_relative_difference(single, one) < 5e-2  # bf16 model: same step, different launch
 
 
+@cpu_only
 def test_a_failing_rank_is_reported_with_its_error(tiny_model_dir, tmp_path):
     config = TrainConfig(method="lora", max_steps=2, **FAST)
     with pytest.raises(RuntimeError, match=r"failed on rank 0: FileNotFoundError: .*missing\.jsonl"):
