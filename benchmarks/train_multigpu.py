@@ -245,6 +245,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                                           os.environ.get("PYTHONPATH")]))}
         if args.deterministic:
             env["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # what deterministic cuBLAS needs, before it starts
+        if args.tiny:
+            env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU and gloo, also on a GPU host
         for world_size in (1, 2):
             subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                             f"--nproc_per_node={world_size}", __file__, "--worker", *worker_args],
