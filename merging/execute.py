@@ -144,7 +144,8 @@ def _batches(folders: list[LoraFolder], modules: dict[str, list[int]], batch_byt
     at least, however large)."""
     batch, size = [], 0
     for module, present in modules.items():
-        nbytes = sum(4 * e.rank * (e.in_features + e.out_features) for e in (folders[i].modules[module] for i in present))
+        entries = [folders[i].modules[module] for i in present]
+        nbytes = sum(4 * e.rank * (e.in_features + e.out_features) for e in entries)
         if batch and size + nbytes > batch_bytes:
             yield batch
             batch, size = [], 0

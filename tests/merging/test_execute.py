@@ -278,7 +278,8 @@ def test_failed_merge_leaves_no_partial_weights(tmp_path, monkeypatch):
 
 
 
-@pytest.mark.parametrize("method,params", [("linear", MergeParams(rank=6)), ("dare_ties", MergeParams(rank=4, density=0.5))])
+@pytest.mark.parametrize("method,params", [("linear", MergeParams(rank=6)),
+                                           ("dare_ties", MergeParams(rank=4, density=0.5))])
 def test_batch_size_does_not_change_the_result(tmp_path, method, params):
     """One module per batch, a few per batch, everything in one batch: the same bytes (the batched solve
     and the per-module seeds do not depend on how modules are grouped)."""

@@ -225,7 +225,8 @@ def test_threaded_core_solve_equals_serial():
     from merging.lowrank import _solve_core_chunk, _solve_cores
 
     g = torch.Generator().manual_seed(3)
-    X, Y = torch.randn(24, 12, 30, generator=g, dtype=torch.float64), torch.randn(24, 12, 40, generator=g, dtype=torch.float64)
+    X = torch.randn(24, 12, 30, generator=g, dtype=torch.float64)
+    Y = torch.randn(24, 12, 40, generator=g, dtype=torch.float64)
     G_B, G_A = X @ X.mT, Y @ Y.mT
     to_B, to_A = _solve_cores(G_B, G_A, 7)
     ref_B, ref_A = _solve_core_chunk(G_B, G_A, 7)
