@@ -1,5 +1,6 @@
 """Merge LoRA adapters into one PEFT LoRA adapter: methods registered by name (one small file per family),
-executed out of core, module by module; plus a factored interference report and a merged-checkpoint export.
+executed out of core, a bounded batch of modules at a time; plus a factored interference report and a
+merged-checkpoint export.
 
 Importing this package registers every method in merging.registry.METHODS.
 """

@@ -1,4 +1,4 @@
-"""Merge PEFT LoRA folders file to file, one module at a time (mergekit's lazy, out-of-core habit).
+"""Merge PEFT LoRA folders file to file, a bounded batch of modules at a time (mergekit's lazy, out-of-core habit).
 
     merge_adapters([MergeInput(Path("math"), 1.0), MergeInput(Path("code"), 0.5)], "linear",
                    MergeParams(rank=64), out_dir=Path(tmp), device="cuda")

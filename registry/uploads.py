@@ -4,6 +4,7 @@ visible. A completed upload is consumed by POST /v1/adapters or /v1/datasets (up
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import uuid
@@ -77,12 +78,18 @@ def parse_content_range(header: str | None, size: int) -> tuple[int, int]:
 
 class RangeWriter:
     """Writes the body of one PUT into [start, end) of the pre-sized part file; ranges never overlap
-    in effect (same bytes, same place), so concurrent PUTs of different ranges need no lock."""
+    in effect (same bytes, same place), so concurrent PUTs of different ranges need no lock between them.
+
+    It holds a shared flock on the part file from opening until release(), and `complete` takes the
+    exclusive one while it hashes and marks the upload complete. So no byte can change under the hash or
+    after it: a PUT either finished before the hash began, or sees the upload complete and is refused
+    (open() then check_writable(), in that order, is what closes the window)."""
 
     def __init__(self, store: BlobStore, *, upload_id: str, start: int, end: int):
         self.remaining = end - start
         self.expected = end - start
         self._f = open(part_path(store, upload_id), "r+b")
+        fcntl.flock(self._f.fileno(), fcntl.LOCK_SH)  # waits while a `complete` is hashing
         self._f.seek(start)
 
     def write(self, chunk: bytes) -> None:
@@ -91,14 +98,22 @@ class RangeWriter:
             raise InvalidInput(f"body is longer than the Content-Range ({self.expected} bytes)")
         self._f.write(chunk)
 
-    def close(self) -> None:
+    def finish(self) -> None:
         """Flush and fsync; raises if the body was shorter than the range (the range is not recorded)."""
         self._f.flush()
         os.fsync(self._f.fileno())
-        self._f.close()
         if self.remaining:
             raise InvalidInput(f"body had {self.expected - self.remaining} bytes but Content-Range announced "
                                f"{self.expected}; send the range again")
+
+    def release(self) -> None:
+        self._f.close()  # drops the flock
+
+
+def check_writable(row: UploadSession) -> None:
+    if row.status == "complete":
+        raise Conflict(f"upload {row.id!r} is complete and verified; its bytes can no longer change "
+                       "(create a new upload to send other content)")
 
 
 def record_range(session: Session, *, project: str, upload_id: str, start: int, end: int) -> UploadSession:
@@ -108,24 +123,30 @@ def record_range(session: Session, *, project: str, upload_id: str, start: int, 
 
 
 def complete_upload(session_factory, store: BlobStore, *, project: str, upload_id: str) -> UploadSession:
-    """Hash the part file outside any transaction (seconds for GBs), then record the verdict."""
+    """Hash the part file outside any transaction (seconds for GBs), then record the verdict. Holds the
+    part file's exclusive flock throughout, so no PUT writes while it hashes (see RangeWriter)."""
     with session_factory() as session:
-        row = get_upload(session, project=project, upload_id=upload_id)
-        if row.status == "complete":
-            return row
-        if row.received != [[0, row.size]]:
-            raise Conflict(f"upload is incomplete: received {row.received} of [0, {row.size}); send the missing ranges")
-    actual = sha256_of_file(part_path(store, upload_id))
-    with session_factory() as session:
-        row = get_upload(session, project=project, upload_id=upload_id, lock=True)
-        if actual != row.sha256:
-            row.received = []
+        get_upload(session, project=project, upload_id=upload_id)  # 404 before touching the file
+    with open(part_path(store, upload_id), "rb") as part:
+        fcntl.flock(part.fileno(), fcntl.LOCK_EX)  # waits for PUTs in flight to finish and record
+        with session_factory() as session:
+            row = get_upload(session, project=project, upload_id=upload_id)
+            if row.status == "complete":
+                return row
+            if row.received != [[0, row.size]]:
+                raise Conflict(f"upload is incomplete: received {row.received} of [0, {row.size}); "
+                               "send the missing ranges")
+        actual = sha256_of_file(part_path(store, upload_id))
+        with session_factory() as session:
+            row = get_upload(session, project=project, upload_id=upload_id, lock=True)
+            if actual != row.sha256:
+                row.received = []
+                session.commit()
+                raise InvalidInput(f"sha256 of the received bytes is {actual}, not the announced {row.sha256}; "
+                                   "the ranges were reset, send the file again")
+            row.status = "complete"
             session.commit()
-            raise InvalidInput(f"sha256 of the received bytes is {actual}, not the announced {row.sha256}; "
-                               "the ranges were reset, send the file again")
-        row.status = "complete"
-        session.commit()
-        return row
+            return row
 
 
 def stage_completed(session: Session, store: BlobStore, *, project: str, upload_ids: list[str]) -> dict[str, StagedFile]:

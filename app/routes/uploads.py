@@ -25,16 +25,19 @@ async def put_range(upload_id: str, request: Request, principal: Writer, service
     with services.session_factory() as session:
         row = uploads.get_upload(session, project=principal.project, upload_id=upload_id)
         start, end = uploads.parse_content_range(request.headers.get("content-range"), row.size)
-    writer = uploads.RangeWriter(services.store, upload_id=upload_id, start=start, end=end)
+    writer = await run_in_threadpool(uploads.RangeWriter, services.store, upload_id=upload_id, start=start, end=end)
     try:
+        with services.session_factory() as session:  # read after taking the lock: see RangeWriter
+            uploads.check_writable(uploads.get_upload(session, project=principal.project, upload_id=upload_id))
         async for chunk in request.stream():
             writer.write(chunk)
+        await run_in_threadpool(writer.finish)
+        with services.session_factory() as session:
+            row = uploads.record_range(session, project=principal.project, upload_id=upload_id, start=start, end=end)
+            session.commit()
+            return UploadPublic.model_validate(row)
     finally:
-        await run_in_threadpool(writer.close)
-    with services.session_factory() as session:
-        row = uploads.record_range(session, project=principal.project, upload_id=upload_id, start=start, end=end)
-        session.commit()
-        return UploadPublic.model_validate(row)
+        writer.release()
 
 
 @router.get("/{upload_id}")

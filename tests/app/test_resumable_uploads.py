@@ -76,3 +76,39 @@ def test_abandoned_sessions_expire(client, services, base_model):
     start(client, b"w" * 10)  # creating a session sweeps expired ones
     counts, files = snapshot(services)
     assert counts["upload_sessions"] == 1 and len([f for f in files if f.startswith("tmp/upload-")]) == 1
+
+
+def test_a_verified_upload_cannot_be_overwritten(client, services, base_model):
+    """After `complete` the bytes are what the sha256 said: a later PUT is refused and changes nothing
+    (blobs are shared by hash, so other bytes under a verified sha would poison every later upload)."""
+    from registry.uploads import part_path
+
+    data = b"v" * 4096
+    uid = start(client, data)
+    put(client, uid, data, 0, len(data))
+    assert client.post(f"/v1/uploads/{uid}/complete").json()["status"] == "complete"
+    other = b"w" * 4096
+    r = put(client, uid, other, 0, len(other))
+    assert r.status_code == 409 and "can no longer change" in r.json()["detail"]
+    assert part_path(services.store, uid).read_bytes() == data
+
+
+def test_a_put_waits_while_complete_holds_the_part_file(client, services, base_model):
+    """The exclusive lock `complete` takes while hashing keeps a PUT from writing under the hash."""
+    import fcntl
+    import threading
+
+    from registry.uploads import part_path
+
+    data = b"q" * 4096
+    uid = start(client, data)
+    put(client, uid, data, 0, 2048)
+    result = {}
+    with open(part_path(services.store, uid), "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # what complete holds while it hashes
+        writer = threading.Thread(target=lambda: result.setdefault("r", put(client, uid, data, 2048, 4096)))
+        writer.start()
+        writer.join(timeout=1.0)
+        assert writer.is_alive() and "r" not in result  # blocked on the lock, nothing written yet
+    writer.join(timeout=10)
+    assert result["r"].status_code == 200 and result["r"].json()["received"] == [[0, 4096]]
