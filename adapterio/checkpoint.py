@@ -27,7 +27,12 @@ def read_checkpoint(folder: Path) -> CheckpointInfo:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{folder} has no config.json; give a transformers checkpoint folder")
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{config_path} is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path} must hold a JSON object")
     shards = sorted(folder.glob("*.safetensors"))
     if not shards:
         raise CheckpointError(f"{folder} has no .safetensors weights (pickled .bin checkpoints are not read; "

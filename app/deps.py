@@ -36,7 +36,9 @@ def get_session(services: ServicesDep) -> Iterator[Session]:
             raise
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit when the route returns, before the response is sent, so a 201 means the row
+# exists and a failed commit is the response (the default "request" scope commits after sending it).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def get_principal(services: ServicesDep, request: Request,
