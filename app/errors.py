@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
@@ -31,3 +32,10 @@ def install_error_handlers(app: FastAPI) -> None:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
         return JSONResponse({"detail": problems}, status_code=422)
     app.add_exception_handler(ValidationError, invalid)
+
+    # FastAPI's own request validation, without echoing the input back: the input may hold NaN, which no
+    # JSON response can carry (the 422 would become a 500), and echoing uploads or secrets is no help.
+    def request_invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+    app.add_exception_handler(RequestValidationError, request_invalid)

@@ -5,11 +5,40 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
+from registry.errors import InvalidInput
+from registry.names import check_name, check_tags_and_meta
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN / Infinity are not numbers a job can use (and PostgreSQL's json refuses them): refused up front.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class _StoresAdapter(_Spec):
+    """A job whose result becomes an adapter version: its name, tags and metadata pass the registry's own
+    rules at submission, not only when the result is stored after the work is done."""
+    output_name: str = Field(pattern=NAME_PATTERN, description="adapter name the result is stored under")
+    tags: list[str] = Field(default_factory=list, max_length=32)
+    metadata: dict = Field(default_factory=dict)
+
+    @field_validator("output_name")
+    @classmethod
+    def _name(cls, value):
+        return _registry_rule(check_name, value, "output_name")
+
+    @model_validator(mode="after")
+    def _tags_and_meta(self):
+        _registry_rule(check_tags_and_meta, self.tags, self.metadata)
+        return self
+
+
+def _registry_rule(check, *args):
+    try:
+        return check(*args)
+    except InvalidInput as e:
+        raise ValueError(str(e)) from None
 
 
 class AdapterRef(_Spec):
@@ -17,12 +46,11 @@ class AdapterRef(_Spec):
     version: str = Field("latest", description="version number, alias or 'latest'")
 
 
-class TrainSpec(_Spec):
+class TrainSpec(_StoresAdapter):
     kind: Literal["train"] = "train"
     method: Literal["lora", "lori_d", "lori_s"]
     base_model: str = Field(pattern=NAME_PATTERN)
     dataset: str = Field(pattern=NAME_PATTERN)
-    output_name: str = Field(pattern=NAME_PATTERN, description="adapter name the result is stored under")
     rank: int = Field(16, ge=1, le=1024)
     alpha: float | None = Field(None, gt=0, description="default 2 * rank")
     target_modules: list[str] | None = Field(None, description="default: every linear layer of the blocks")
@@ -38,8 +66,6 @@ class TrainSpec(_Spec):
     mask_from: AdapterRef | None = Field(None, description="lori_s: the lori_d (or lori_s) version whose mask to use")
     checkpoint_every: int = Field(50, ge=1)
     gpus: int = Field(1, ge=1, le=64)
-    tags: list[str] = Field(default_factory=list, max_length=32)
-    metadata: dict = Field(default_factory=dict)
 
     @field_validator("target_modules")
     @classmethod
@@ -56,6 +82,11 @@ class TrainSpec(_Spec):
             raise ValueError("mask_from is only for method lori_s")
         if self.a_init == "orthogonal" and self.method == "lora":
             raise ValueError("a_init 'orthogonal' needs a LoRI method (A frozen); plain lora trains A")
+        if self.a_init == "orthogonal" and self.method == "lori_s":
+            raise ValueError("lori_s inherits its frozen A from mask_from (orthogonal or not); drop a_init")
+        if self.gpus > self.batch_size:
+            raise ValueError(f"batch_size {self.batch_size} is smaller than gpus {self.gpus}: each GPU trains on "
+                             "its share of every batch")
         return self
 
 
@@ -70,18 +101,15 @@ class MergeInputSpec(AdapterRef):
     weight: float = 1.0
 
 
-class MergeSpec(_Spec):
+class MergeSpec(_StoresAdapter):
     kind: Literal["merge"] = "merge"
     inputs: list[MergeInputSpec] = Field(min_length=1, max_length=64)
     method: str
-    output_name: str = Field(pattern=NAME_PATTERN)
     rank: int | None = Field(None, ge=1, le=65536, description="target rank for linear/ties/dare/magnitude_prune")
     density: float | None = Field(None, gt=0, le=1)
     majority_sign_method: Literal["total", "frequency"] = "total"
     seed: int = Field(0, ge=0, le=2**62)
     svd: Literal["exact", "randomized"] = "exact"
-    tags: list[str] = Field(default_factory=list, max_length=32)
-    metadata: dict = Field(default_factory=dict)
 
     @field_validator("method")
     @classmethod

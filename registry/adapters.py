@@ -4,7 +4,7 @@ from __future__ import annotations
 import base64
 import json
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import false, func, or_, select
 from sqlalchemy.orm import Session
 
 from registry import blobs
@@ -26,15 +26,18 @@ def encode_cursor(value: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
 
 
-def decode_cursor(cursor: str | None) -> dict:
+def decode_cursor(cursor: str | None, key: str, kind: type = int):
+    """The row id (an int, or a str for kind=str) a next_cursor (encode_cursor({key: id})) points at; None
+    for the first page."""
     if not cursor:
-        return {}
+        return None
     try:
-        value = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        assert isinstance(value, dict)
-        return value
+        value = json.loads(base64.urlsafe_b64decode(cursor.encode()))[key]
     except Exception:
-        raise InvalidInput("cursor is not valid; pass the next_cursor value of the previous page") from None
+        value = None
+    if type(value) is not kind or (kind is int and not 0 <= value < 2**63) or (kind is str and len(value) > 64):
+        raise InvalidInput("cursor is not valid; pass the next_cursor value of the previous page")
+    return value
 
 
 def list_adapters(session: Session, *, project: str, base_model: str | None = None, kind: str | None = None,
@@ -42,15 +45,16 @@ def list_adapters(session: Session, *, project: str, base_model: str | None = No
                   limit: int = 50) -> tuple[list[Adapter], str | None]:
     """Adapters ordered by id; filters on kind/tag match any of their versions. Keyset pagination."""
     stmt = select(Adapter).where(Adapter.project == project).order_by(Adapter.id).limit(limit + 1)
-    after = decode_cursor(cursor).get("after_id")
+    after = decode_cursor(cursor, "after_id")
     if after is not None:
-        stmt = stmt.where(Adapter.id > int(after))
+        stmt = stmt.where(Adapter.id > after)
     if base_model:
         stmt = stmt.join(BaseModel, BaseModel.id == Adapter.base_model_id).where(BaseModel.name == base_model)
     if prefix:
         stmt = stmt.where(Adapter.name.startswith(prefix, autoescape=True))
     if kind or tag:
-        versions = select(AdapterVersion.adapter_id)
+        versions = (select(AdapterVersion.adapter_id).join(Adapter, Adapter.id == AdapterVersion.adapter_id)
+                    .where(Adapter.project == project))
         if kind:
             versions = versions.where(AdapterVersion.kind == kind)
         rows = session.execute(versions.add_columns(AdapterVersion.tags)).all()
@@ -77,8 +81,8 @@ def resolve_version(session: Session, *, project: str, name: str, ref: str) -> A
     """ref is a version number, an alias, or 'latest'."""
     adapter = get_adapter(session, project=project, name=name)
     stmt = select(AdapterVersion).where(AdapterVersion.adapter_id == adapter.id)
-    if ref.isdigit():
-        stmt = stmt.where(AdapterVersion.version == int(ref))
+    if ref.isascii() and ref.isdigit():  # ('²'.isdigit() is True); a number too big for a version finds none
+        stmt = stmt.where(AdapterVersion.version == int(ref)) if len(ref) <= 9 else stmt.where(false())
     elif ref == "latest":
         stmt = stmt.order_by(AdapterVersion.version.desc()).limit(1)
     else:

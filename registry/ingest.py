@@ -26,10 +26,8 @@ from registry.blobstore import BlobStore, StagedFile
 from registry.errors import Conflict, InvalidInput
 from registry.models import Adapter, AdapterFile, AdapterVersion, Blob, LineageEdge
 from registry.base_models import get_base_model
-from registry.names import check_name
+from registry.names import check_name, check_tags_and_meta
 
-MAX_TAGS = 32
-MAX_META_BYTES = 64 * 1024
 
 
 @dataclass
@@ -47,13 +45,6 @@ class NewVersion:
 def manifest_sha256(files: dict[str, str]) -> str:
     """sha256 of the canonical {filename: sha256} JSON: the identity of a version's content."""
     return hashlib.sha256(json.dumps(dict(sorted(files.items())), separators=(",", ":")).encode()).hexdigest()
-
-
-def check_tags_and_meta(tags: list[str], meta: dict) -> None:
-    if len(tags) > MAX_TAGS or not all(isinstance(t, str) and 0 < len(t) <= 64 for t in tags):
-        raise InvalidInput(f"tags must be at most {MAX_TAGS} strings of 1-64 characters")
-    if not isinstance(meta, dict) or len(json.dumps(meta)) > MAX_META_BYTES:
-        raise InvalidInput(f"metadata must be a JSON object of at most {MAX_META_BYTES} bytes")
 
 
 InTransaction = Callable[[Session, int, int], None]

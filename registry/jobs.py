@@ -63,7 +63,7 @@ def list_jobs(session: Session, *, project: str, status: str | None = None, kind
         stmt = stmt.where(Job.status == status)
     if kind:
         stmt = stmt.where(Job.kind == kind)
-    after = decode_cursor(cursor).get("before_id")
+    after = decode_cursor(cursor, "before_id", str)
     if after:
         pivot = session.get(Job, after)
         if pivot is not None:

@@ -57,7 +57,8 @@ def cancel(job_id: str, principal: Writer, session: SessionDep) -> JobPublic:
 
 
 @router.get("/{job_id}/events", response_model=list[JobEventPublic])
-async def events(job_id: str, request: Request, principal: Reader, services: ServicesDep, after: int = 0,
+async def events(job_id: str, request: Request, principal: Reader, services: ServicesDep,
+                 after: Annotated[int, Query(ge=0, lt=2**63)] = 0,
                  limit: Annotated[int, Query(ge=1, le=1000)] = 500):
     """JSON list of events after `after`; with `Accept: text/event-stream`, a live stream that ends
     when the job finishes (each SSE `id` is the event id, so clients resume with ?after=)."""

@@ -86,6 +86,20 @@ def test_listing_filters_and_cursor(client, base_model, peft_adapter_dir):
     assert len(client.get("/v1/adapters?kind=lora&base_model=tiny").json()["data"]) == 6
     assert client.get("/v1/adapters?kind=lori_s").json()["data"] == []
     assert client.get("/v1/adapters?cursor=garbage").status_code == 422
+    import base64
+    import json
+    for value in ({"after_id": "x"}, {"after_id": 2**70}, {"after_id": True}, [1], {}):
+        forged = base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
+        assert client.get(f"/v1/adapters?cursor={forged}").status_code == 422, value
+        assert client.get(f"/v1/jobs?cursor={forged}").status_code == 422, value
+
+
+def test_odd_version_references_are_404_not_500(client, base_model, peft_adapter_dir):
+    upload_folder(client, peft_adapter_dir, name="x")
+    for ref in ("\u00b2", "99999999999999999999", "0", "latest2"):
+        r = client.get(f"/v1/adapters/x/versions/{ref}")
+        assert r.status_code == 404 and "no version or alias" in r.json()["detail"], ref
+    assert client.get("/v1/adapters/x/versions/1").status_code == 200
 
 
 def test_range_requests_and_etags(client, base_model, peft_adapter_dir):

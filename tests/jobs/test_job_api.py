@@ -29,6 +29,11 @@ BAD_SPECS = {
     "unknown field": ({"learning_rate": 1}, 422, "learning_rate"),
     "unknown target": ({"target_modules": ["qkv"]}, 422, "match no linear module"),
     "bad output name": ({"output_name": "../x"}, 422, "output_name"),
+    "output name the registry refuses": ({"output_name": "m..x"}, 422, "output_name 'm..x' is not valid"),
+    "empty tag": ({"tags": [""]}, 422, "tags must be"),
+    "more GPUs than rows": ({"gpus": 4, "batch_size": 2}, 422, "smaller than gpus"),
+    "lori_s with its own A": ({"method": "lori_s", "mask_from": {"adapter": "plain"}, "a_init": "orthogonal"},
+                              422, "inherits its frozen A"),
 }
 
 
@@ -86,3 +91,19 @@ def test_events_as_json_and_server_sent_events(client, services, base_model):
     listed = client.get("/v1/jobs?status=succeeded").json()["data"]
     assert [j["id"] for j in listed] == [job["id"]]
     assert listed[0]["result"]["adapter"] == "sums-lora"
+
+
+def test_an_events_position_past_any_id_is_a_422(client, base_model):
+    r = client.get("/v1/jobs/whatever/events?after=99999999999999999999")
+    assert r.status_code == 422 and "after" in r.text
+
+
+def test_non_finite_numbers_are_refused_at_submission(client, base_model):
+    import json
+
+    upload_dataset(client)
+    for field, value in (("alpha", "NaN"), ("lr", "Infinity"), ("metadata", '{"x": NaN}')):
+        body = json.dumps(train_spec())[:-1] + f', "{field}": {value}}}'
+        r = client.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422, (field, r.text)
+    assert client.get("/v1/jobs").json()["data"] == []

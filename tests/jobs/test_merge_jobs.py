@@ -107,6 +107,8 @@ def test_merge_spec_errors(client, two_adapters):
     assert unknown.status_code == 422 and "unknown merge method" in str(unknown.json()["detail"])
     missing = client.post("/v1/merges", json={"inputs": [{"adapter": "nope"}], "method": "concat", "output_name": "x"})
     assert missing.status_code == 404
+    many = client.get("/v1/adapters/interference?versions=" + ",".join(["math:1"] * 17))
+    assert many.status_code == 422 and "at most 16" in many.json()["detail"], many.text
 
 
 def test_export_folds_the_adapter_into_a_plain_checkpoint(client, services, two_adapters, tiny_model_dir, tmp_path):
