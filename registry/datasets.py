@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry import blobs
 from registry.blobstore import BlobStore, StagedFile
-from registry.errors import Conflict, InvalidInput, NotFound
+from registry.errors import Conflict, InvalidInput, NotFound, TooLarge
 from registry.models import Dataset
 from registry.names import check_name
 
@@ -41,7 +41,8 @@ def validate_jsonl(path: Path) -> tuple[str, int]:
     """Returns (format, row count). Every line must parse and all lines must share one format."""
     fmt, count = None, 0
     with open(path, "rb") as f:
-        for lineno, line in enumerate(f, start=1):
+        # readline with a bound: one huge "line" is refused after MAX_LINE_BYTES, not read whole into memory
+        for lineno, line in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), start=1):
             if len(line) > MAX_LINE_BYTES:
                 raise InvalidInput(f"line {lineno} is longer than {MAX_LINE_BYTES} bytes")
             if not line.strip():
@@ -62,10 +63,13 @@ def validate_jsonl(path: Path) -> tuple[str, int]:
 
 
 def ingest_dataset(session_factory: sessionmaker[Session], store: BlobStore, *, project: str, name: str,
-                   staged: StagedFile) -> tuple[int, bool]:
-    """Returns (dataset id, created). Same name and same bytes again is idempotent; other bytes are 409."""
+                   staged: StagedFile, max_bytes: int) -> tuple[int, bool]:
+    """Returns (dataset id, created). Same name and same bytes again is idempotent; other bytes are 409.
+    max_bytes holds whichever way the file arrived (a multipart body or a completed resumable upload)."""
     try:
         check_name(name, "dataset name")
+        if staged.size > max_bytes:
+            raise TooLarge(f"dataset is {staged.size} bytes, over the {max_bytes}-byte dataset limit")
         fmt, count = validate_jsonl(staged.path)
         sha = staged.sha256
         with session_factory() as session:

@@ -34,7 +34,7 @@ async def upload(request: Request, principal: Writer, services: ServicesDep, res
         raise
     dataset_id, created = await run_in_threadpool(
         datasets.ingest_dataset, services.session_factory, services.store, project=principal.project, name=name,
-        staged=staged)
+        staged=staged, max_bytes=services.settings.max_dataset_bytes)
     with services.session_factory() as session:
         if ids:
             uploads.delete_uploads(session, services.store, project=principal.project, upload_ids=ids)

@@ -40,3 +40,39 @@ def test_bad_datasets_name_the_line(client, services):
     assert r.status_code == 409 and "immutable" in r.json()["detail"]
     client_counts, _ = snapshot(services)
     assert client_counts["datasets"] == before[0]["datasets"] + 1
+
+
+def test_a_dataset_from_a_resumable_upload_and_its_size_limit(client, services, monkeypatch):
+    """The dataset limit holds for completed uploads too (their own limit is the much larger upload one)."""
+    import hashlib
+
+    data = jsonl(arithmetic_rows(20))
+
+    def uploaded() -> str:
+        up = client.post("/v1/uploads", json={"filename": "d.jsonl", "size": len(data),
+                                              "sha256": hashlib.sha256(data).hexdigest()}).json()["id"]
+        client.put(f"/v1/uploads/{up}", content=data, headers={"Content-Range": f"bytes 0-{len(data) - 1}/{len(data)}"})
+        assert client.post(f"/v1/uploads/{up}/complete").json()["status"] == "complete"
+        return up
+
+    monkeypatch.setattr(services.settings, "max_dataset_bytes", len(data) - 1)
+    before = snapshot(services)
+    big = uploaded()
+    r = client.post("/v1/datasets", data={"name": "big", "upload_ids": big})
+    assert r.status_code == 413 and "dataset limit" in r.json()["detail"]
+    assert client.get(f"/v1/uploads/{big}").status_code == 200  # kept, to use elsewhere or delete
+    client.delete(f"/v1/uploads/{big}")
+    assert snapshot(services) == before
+    monkeypatch.setattr(services.settings, "max_dataset_bytes", len(data))
+    r = client.post("/v1/datasets", data={"name": "ok", "upload_ids": uploaded()})
+    assert r.status_code == 201 and r.json()["row_count"] == 20
+    assert client.get("/v1/datasets/ok/content").content == data
+
+
+def test_an_overlong_line_is_refused_without_reading_it_whole(client, monkeypatch):
+    from registry import datasets
+
+    monkeypatch.setattr(datasets, "MAX_LINE_BYTES", 64)
+    body = b'{"prompt": "' + b"a" * 500 + b'", "completion": "b"}\n'
+    r = client.post("/v1/datasets", data={"name": "long"}, files={"file": ("d.jsonl", body)})
+    assert r.status_code == 422 and "line 1 is longer than 64 bytes" in r.json()["detail"]
