@@ -43,6 +43,7 @@ class _Collector:
     def __init__(self, store: BlobStore, file_fields: set[str], max_file_bytes: int):
         self.store, self.file_fields, self.max_file_bytes = store, file_fields, max_file_bytes
         self.form = ParsedForm()
+        self.ended = False
         self._header_field = bytearray()
         self._header_value = bytearray()
         self._headers: dict[bytes, bytes] = {}
@@ -59,7 +60,11 @@ class _Collector:
             "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),
             "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
             "on_header_end": self._header_end, "on_headers_finished": self._headers_finished,
+            "on_end": self._end,
         }
+
+    def _end(self):
+        self.ended = True  # the closing boundary arrived
 
     def _part_begin(self):
         self._headers, self._name, self._staged = {}, None, None
@@ -129,6 +134,8 @@ async def parse_multipart(request: Request, store: BlobStore, *, file_fields: se
             while len(collector.pending) > MAX_PENDING:  # back-pressure: wait for the writer thread
                 await asyncio.wrap_future(collector.pending.pop(0))
         parser.finalize()
+        if not collector.ended:  # python_multipart's finalize does not check this (yet)
+            raise InvalidInput("multipart body ended before its closing boundary (a cut-off upload?); send it again")
         for future in collector.pending:
             await asyncio.wrap_future(future)
     except BaseException as e:

@@ -134,6 +134,16 @@ def test_request_errors(client, services, base_model, peft_adapter_dir):
     assert no_name.status_code == 422 and "'name' is required" in no_name.json()["detail"]
     bad_meta = client.post("/v1/adapters", data={"name": "x", "base_model": base_model, "metadata": "[1]"}, files=files)
     assert bad_meta.status_code == 422
+    nan_meta = client.post("/v1/adapters", data={"name": "x", "base_model": base_model, "metadata": '{"a": NaN}'},
+                           files=files)
+    assert nan_meta.status_code == 422 and "NaN" in nan_meta.json()["detail"]
+    # a body cut off before its closing boundary (the trailing fields never arrived) is not a request
+    import httpx
+    whole = httpx.Request("POST", "http://x/v1/adapters", data={"name": "x", "base_model": base_model}, files=files)
+    body = whole.read()
+    cut = client.post("/v1/adapters", content=body[:body.rindex(b"--")],
+                      headers={"content-type": whole.headers["content-type"]})
+    assert cut.status_code == 422 and "closing boundary" in cut.json()["detail"]
     assert snapshot(services) == before
 
 
