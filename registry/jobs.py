@@ -43,6 +43,16 @@ def submit_job(session: Session, *, project: str, kind: str, spec: dict, idempot
     return job, True
 
 
+def forget_unsuccessful(session: Session, *, project: str, idempotency_key: str) -> None:
+    """For keys used as a result cache (not a client's Idempotency-Key): a job under the key that failed
+    or was cancelled gives the key up, so the next request computes the result again."""
+    job = session.scalar(select(Job).where(Job.project == project, Job.idempotency_key == idempotency_key,
+                                           Job.status.in_(("failed", "cancelled"))).with_for_update())
+    if job is not None:
+        job.idempotency_key = None
+        session.flush()
+
+
 def get_job(session: Session, *, project: str | None, job_id: str, lock: bool = False) -> Job:
     stmt = select(Job).where(Job.id == job_id)
     if project is not None:

@@ -2,6 +2,7 @@
 call (the work still runs in a worker; the API process never loads torch). If the worker is busy past
 `wait_s`, the answer is 202 with the job to follow."""
 import hashlib
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, status
@@ -13,15 +14,18 @@ from app.job_submission import create_job, wait_for_job
 from app.schemas import JobPublic
 from app.views import version_public
 from jobs.specs import AdapterRef, InterferenceSpec, MergeSpec
-from registry import adapters
+from registry import adapters, jobs
 from registry.errors import InvalidInput, TooLarge
 
 router = APIRouter(tags=["merges"])
 SYNC_MERGE_MAX_BYTES = 2 * 1024**3
 
 
-def _submit(services, principal, spec, key):
+def _submit(services, principal, spec, key, *, cache: bool = False):
+    """cache=True: `key` names a cached result, which a failed or cancelled job does not hold."""
     with services.session_factory() as session:
+        if cache:
+            jobs.forget_unsuccessful(session, project=principal.project, idempotency_key=key)
         job, _ = create_job(session, services, principal, spec, key)
         session.commit()
         return job
@@ -72,11 +76,13 @@ async def interference(principal: Reader, services: ServicesDep,
         raise InvalidInput("give at least two versions, e.g. versions=math:1,code:production")
 
     def pin_versions():
-        """Aliases and 'latest' resolve now, so the cache key is the exact versions compared."""
+        """Aliases and 'latest' resolve now, so the cache key is the exact versions compared (ids and content:
+        SQLite may give a deleted version's id to a new one)."""
         with services.session_factory() as session:
             found = [adapters.resolve_version(session, project=principal.project, name=n, ref=r) for n, r in wanted]
         spec = InterferenceSpec(inputs=[AdapterRef(adapter=n, version=str(v.version)) for (n, _), v in zip(wanted, found)])
-        return spec, "interference:" + hashlib.sha256(",".join(str(v.id) for v in found).encode()).hexdigest()[:32]
+        pinned = ",".join(f"{v.id}:{v.manifest_sha256}" for v in found)
+        return spec, "interference:" + hashlib.sha256(pinned.encode()).hexdigest()[:32]
     spec, key = await run_in_threadpool(pin_versions)
-    job = await run_in_threadpool(_submit, services, principal, spec, key)
+    job = await run_in_threadpool(partial(_submit, cache=True), services, principal, spec, key)
     return await _answer(services, job, wait_s, lambda job: JSONResponse({"job": job.id, **job.result}))

@@ -96,6 +96,15 @@ def test_concat_job_and_interference_report(client, services, two_adapters):
     assert first.status_code == 200, first.text
     report = first.json()
     assert report["adapters"] == ["math:1", "code:1"] and again.json()["job"] == report["job"]  # cached
+
+    # a report whose job failed is not a cached answer: the next request computes it again
+    from registry.models import Job
+    with services.session_factory() as session:
+        session.get(Job, report["job"]).status = "failed"
+        session.commit()
+    with RunningWorker(services):
+        retried = client.get("/v1/adapters/interference?versions=math:1,code:1")
+    assert retried.status_code == 200 and retried.json()["job"] != report["job"]
     pair = report["pairs"][0]
     assert -1.0 <= pair["cosine"] <= 1.0
 
