@@ -66,9 +66,11 @@ class Worker:
             self._finish(job, "failed", error=f"could not prepare the job: {type(e).__name__}: {e}")
             return
         outcome, payload = self._run_child(job, task)
+        stored = False
         if outcome == "result":
             try:
                 handler.finalize(self.ctx, job, task, payload, self.worker_id)
+                stored = True
             except JobLost as e:
                 log.warning("%s", e)
                 return
@@ -79,7 +81,8 @@ class Worker:
         elif outcome == "error":
             self._finish(job, "failed", error=payload)
         if outcome != "lost":
-            self._clean_job_dir(job.id, keep_output=handler.keeps_output and outcome == "result")
+            # an export's output is kept only for a job that succeeded: nobody can download a failed one's
+            self._clean_job_dir(job.id, keep_output=handler.keeps_output and stored)
 
     def _run_child(self, job: Job, task: dict) -> tuple[str, object]:
         """Returns ("result", output) | ("stopped", None) | ("error", message) | ("lost", None)."""
@@ -93,20 +96,29 @@ class Worker:
         last_flush = last_beat = time.monotonic()
         cancel_since: float | None = None
         try:
+            def take(event: dict) -> None:
+                nonlocal outcome
+                if event["type"] == "_result":
+                    outcome = ("result", event["output"])
+                elif event["type"] == "_stopped":
+                    outcome = ("stopped", None)
+                elif event["type"] == "_error":
+                    pending.append({"type": "log", "message": event["traceback"]})
+                    outcome = ("error", event["message"])
+                else:
+                    pending.append(event)
+
             while True:
                 try:
-                    event = events.get(timeout=0.2)
-                    if event["type"] == "_result":
-                        outcome = ("result", event["output"])
-                    elif event["type"] == "_stopped":
-                        outcome = ("stopped", None)
-                    elif event["type"] == "_error":
-                        pending.append({"type": "log", "message": event["traceback"]})
-                        outcome = ("error", event["message"])
-                    else:
-                        pending.append(event)
+                    take(events.get(timeout=0.2))
                 except queue.Empty:
                     if not child.is_alive():
+                        # it may have put its last events between the timeout and the exit: drain them
+                        while True:
+                            try:
+                                take(events.get(timeout=0.2))
+                            except queue.Empty:
+                                break
                         break
                 now = time.monotonic()
                 if pending and (now - last_flush > EVENT_FLUSH_S or outcome):

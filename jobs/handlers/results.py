@@ -13,15 +13,20 @@ from registry.models import Job
 
 
 def stage_folder(ctx: WorkerContext, folder: Path) -> dict[str, StagedFile]:
-    staged = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file():
-            s = ctx.store.stage()
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    s.write(chunk)
-            s.finish()
-            staged[path.name] = s
+    """Every file of `folder` as a staged blob; on any error (a full disk) none is left in the store's tmp."""
+    staged: dict[str, StagedFile] = {}
+    try:
+        for path in sorted(folder.iterdir()):
+            if path.is_file():
+                staged[path.name] = s = ctx.store.stage()
+                with open(path, "rb") as f:
+                    while chunk := f.read(1 << 22):
+                        s.write(chunk)
+                s.finish()
+    except BaseException:
+        for s in staged.values():
+            s.discard()
+        raise
     return staged
 
 

@@ -141,3 +141,43 @@ def test_merge_spec_method_list_matches_the_merging_registry():
     from merging.registry import METHODS
 
     assert set(MERGE_METHODS) == set(METHODS)
+
+
+def test_an_export_whose_result_cannot_be_stored_leaves_no_checkpoint_behind(client, services, two_adapters,
+                                                                             monkeypatch):
+    from jobs.handlers import HANDLERS
+
+    def broken_finalize(*args, **kwargs):
+        raise RuntimeError("database went away")
+
+    import dataclasses
+    monkeypatch.setitem(HANDLERS, "export", dataclasses.replace(HANDLERS["export"], finalize=broken_finalize))
+    job = client.post("/v1/jobs", json={"kind": "export", "adapter": {"adapter": "math"}}).json()
+    worker_for(services).run_once()
+    done = client.get(f"/v1/jobs/{job['id']}").json()
+    assert done["status"] == "failed" and "database went away" in done["error"]
+    assert not (services.store.root / "jobs" / job["id"]).exists()
+
+
+def test_staging_a_result_folder_that_fails_leaves_no_temp_file(services, tmp_path, monkeypatch):
+    from jobs.handlers.base import WorkerContext
+    from jobs.handlers.results import stage_folder
+    from registry.blobstore import StagedFile
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for name in ("a.json", "b.safetensors", "c.json"):
+        (folder / name).write_bytes(name.encode() * 1000)
+    real_finish, calls = StagedFile.finish, []
+
+    def finish_then_fail(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_finish(self)
+
+    monkeypatch.setattr(StagedFile, "finish", finish_then_fail)
+    ctx = WorkerContext(session_factory=services.session_factory, store=services.store, settings=services.settings)
+    with pytest.raises(OSError, match="No space"):
+        stage_folder(ctx, folder)
+    assert not [p for p in services.store.temp_dir().iterdir() if p.is_file()]
