@@ -32,7 +32,8 @@ import torch
 from adapterio.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LORI_MASKS, META_KIND, lora_key
 from adapterio.safetensors_writer import SafetensorsWriter, TensorSpec
 from merging.params import Factor, MergeParams
-from merging.peft_io import TORCH_DTYPES, LoraFolder, open_lora_folder, tensor_buffer, union_modules
+from merging.peft_io import (TORCH_DTYPES, LoraFolder, consecutive_runs, open_lora_folder, tensor_buffer,
+                             union_modules)
 from merging.registry import MergeMethod, get_method
 
 OUT_DTYPES = ("float32", "input")  # float32, or the dtype the inputs share
@@ -139,20 +140,12 @@ def module_seed(seed: int, module: str) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-def _batches(folders: list[LoraFolder], modules: dict[str, list[int]], batch_bytes: int):
-    """Consecutive runs of modules whose float32 input factors sum to at most batch_bytes (one module
-    at least, however large)."""
-    batch, size = [], 0
-    for module, present in modules.items():
-        entries = [folders[i].modules[module] for i in present]
-        nbytes = sum(4 * e.rank * (e.in_features + e.out_features) for e in entries)
-        if batch and size + nbytes > batch_bytes:
-            yield batch
-            batch, size = [], 0
-        batch.append(module)
-        size += nbytes
-    if batch:
-        yield batch
+def _batches(folders: list[LoraFolder], modules: dict[str, list[int]], batch_bytes: int) -> list[list[str]]:
+    """Consecutive runs of modules whose float32 input factors sum to at most batch_bytes."""
+    sizes = {module: sum(4 * e.rank * (e.in_features + e.out_features)
+                         for e in (folders[i].modules[module] for i in present))
+             for module, present in modules.items()}
+    return consecutive_runs(sizes, batch_bytes)
 
 
 def _module_rank(spec: MergeMethod, folders: list[LoraFolder], present: list[int], module: str,

@@ -14,12 +14,11 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from adapterio.peft_format import PICKLE_SUFFIXES
-from adapterio.safetensors_header import TensorInfo, read_header_from_path
+from adapterio.safetensors_header import SafetensorsHeader, TensorInfo, read_header_from_path
 from adapterio.safetensors_writer import SafetensorsWriter, TensorSpec
-from merging.peft_io import open_lora_folder, tensor_buffer
+from merging.peft_io import consecutive_runs, open_lora_folder, read_tensor, tensor_buffer
 
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000  # transformers' historical default, "5GB"
 SINGLE_FILE = "model.safetensors"
@@ -33,7 +32,7 @@ def export_merged_checkpoint(base_model_dir: Path, adapter_dir: Path, out_dir: P
     if max_shard_bytes < 1:
         raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
     adapter = open_lora_folder(Path(adapter_dir))
-    tensors = _base_tensors(base_model_dir)  # name -> (file, info), in file and offset order
+    tensors = _base_tensors(base_model_dir)  # name -> (file, header, info), in file and offset order
     fan_in_fan_out = bool(adapter.config.get("fan_in_fan_out"))
     folded = {}  # base tensor name -> adapted module
     for module, entry in adapter.modules.items():
@@ -41,23 +40,23 @@ def export_merged_checkpoint(base_model_dir: Path, adapter_dir: Path, out_dir: P
         expected = (entry.in_features, entry.out_features) if fan_in_fan_out else (entry.out_features, entry.in_features)
         if name not in tensors:
             raise ValueError(f"adapter module {module} has no base tensor {name} in {base_model_dir}")
-        if tensors[name][1].shape != expected:
-            raise ValueError(f"{name} is {list(tensors[name][1].shape)} in the base but the adapter expects "
+        if tensors[name][2].shape != expected:
+            raise ValueError(f"{name} is {list(tensors[name][2].shape)} in the base but the adapter expects "
                              f"{list(expected)}; the adapter belongs to another base model")
         folded[name] = module
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
         raise ValueError(f"{out_dir}: output folder must be empty")
 
-    shards = _plan_shards(tensors, max_shard_bytes)
+    shards = consecutive_runs({t: info.end - info.begin for t, (_, _, info) in tensors.items()}, max_shard_bytes)
     names = ([SINGLE_FILE] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     weight_map, total = {}, 0
     for shard, file_name in zip(shards, names):
-        specs = {t: TensorSpec(tensors[t][1].dtype, tensors[t][1].shape) for t in shard}
+        specs = {t: TensorSpec(tensors[t][2].dtype, tensors[t][2].shape) for t in shard}
         with SafetensorsWriter(out_dir / file_name, specs, {"format": "pt"}) as w:
             for t in shard:
-                W = _read(tensors[t][0], t)
+                W = _read(*tensors[t][:2], t)
                 if t in folded:
                     W = _fold(W, adapter, folded[t], fan_in_fan_out)
                 w.write(t, tensor_buffer(W))
@@ -71,7 +70,7 @@ def export_merged_checkpoint(base_model_dir: Path, adapter_dir: Path, out_dir: P
             "folded_modules": len(folded), "tensors": len(tensors), "total_bytes": total}
 
 
-def _base_tensors(model_dir: Path) -> dict[str, tuple[Path, TensorInfo]]:
+def _base_tensors(model_dir: Path) -> dict[str, tuple[Path, SafetensorsHeader, TensorInfo]]:
     index = model_dir / INDEX_FILE
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -85,26 +84,13 @@ def _base_tensors(model_dir: Path) -> dict[str, tuple[Path, TensorInfo]]:
         for name, info in sorted(header.tensors.items(), key=lambda kv: kv[1].begin):
             if name in tensors:
                 raise ValueError(f"{model_dir}: tensor {name} appears in two shards")
-            tensors[name] = (model_dir / file_name, info)
+            tensors[name] = (model_dir / file_name, header, info)
     return tensors
 
 
-def _plan_shards(tensors: dict[str, tuple[Path, TensorInfo]], max_shard_bytes: int) -> list[list[str]]:
-    """Consecutive tensors grouped greedily under max_shard_bytes; a bigger tensor gets a shard of its own."""
-    shards, size = [[]], 0
-    for name, (_, info) in tensors.items():
-        nbytes = info.end - info.begin
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += nbytes
-    return shards
-
-
-def _read(path: Path, name: str) -> torch.Tensor:
-    with safe_open(path, framework="pt") as f:  # re-opened per tensor: mapped pages are released each time
-        return f.get_tensor(name)
+def _read(path: Path, header: SafetensorsHeader, name: str) -> torch.Tensor:
+    with open(path, "rb") as f:
+        return read_tensor(f.fileno(), header, name)
 
 
 def _fold(W: torch.Tensor, adapter, module: str, fan_in_fan_out: bool) -> torch.Tensor:

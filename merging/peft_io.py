@@ -191,3 +191,17 @@ def tensor_buffer(t: torch.Tensor):
     """Raw bytes of `t` (moved to the CPU) as a uint8 numpy array, for SafetensorsWriter.write."""
     return t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
 
+
+
+def consecutive_runs(sizes: dict[str, int], budget: int) -> list[list[str]]:
+    """Keys in order, grouped greedily into runs of at most `budget` total size; an item bigger than the
+    budget gets a run of its own (merge batches, export shards)."""
+    runs: list[list[str]] = []
+    total = 0
+    for key, size in sizes.items():
+        if not runs or (runs[-1] and total + size > budget):
+            runs.append([])
+            total = 0
+        runs[-1].append(key)
+        total += size
+    return runs

@@ -311,3 +311,13 @@ def test_progress_is_reported_after_each_batch(tmp_path):
     merge_adapters(inputs, "linear", MergeParams(rank=4), tmp_path / "out", batch_bytes=1,
                    on_progress=lambda done, total: calls.append((done, total)))
     assert calls == [(i, 6) for i in range(1, 7)]  # one module per batch here
+
+
+def test_consecutive_runs_respect_the_budget_and_order():
+    from merging.peft_io import consecutive_runs
+
+    sizes = {"a": 3, "b": 3, "c": 10, "d": 1, "e": 1, "f": 4}
+    assert consecutive_runs(sizes, 6) == [["a", "b"], ["c"], ["d", "e", "f"]]
+    assert consecutive_runs(sizes, 1) == [[k] for k in sizes]
+    assert consecutive_runs(sizes, 100) == [list(sizes)]
+    assert consecutive_runs({}, 5) == []

@@ -221,13 +221,27 @@ def test_linear_many_equals_one_module_at_a_time():
         assert rel(product(A, B), U[:, :k] @ torch.diag(S[:k]) @ Vh[:k]) < 1e-5
 
 
-def test_threaded_core_solve_equals_serial():
+def test_threaded_core_solve_equals_serial(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from merging import lowrank
     from merging.lowrank import _solve_core_chunk, _solve_cores
+
+    pools = []  # the threaded branch must run whatever this machine's CPU count
+
+    def counted_pool(*args, **kwargs):
+        pools.append(args[0])
+        return ThreadPoolExecutor(*args, **kwargs)
+
+    monkeypatch.setattr(lowrank.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(lowrank, "ThreadPoolExecutor", counted_pool)
+    threads = torch.get_num_threads()
 
     g = torch.Generator().manual_seed(3)
     X = torch.randn(24, 12, 30, generator=g, dtype=torch.float64)
     Y = torch.randn(24, 12, 40, generator=g, dtype=torch.float64)
     G_B, G_A = X @ X.mT, Y @ Y.mT
     to_B, to_A = _solve_cores(G_B, G_A, 7)
+    assert pools == [4] and torch.get_num_threads() == threads  # 4 threads, intra-op setting handed back
     ref_B, ref_A = _solve_core_chunk(G_B, G_A, 7)
     assert torch.allclose(to_B, ref_B, atol=1e-12) and torch.allclose(to_A, ref_A, atol=1e-12)
