@@ -44,7 +44,7 @@ def create_job(session: Session, services: Services, principal: Principal,
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     job, created = jobs.submit_job(session, project=principal.project, kind=spec.kind, spec=body,
                                    idempotency_key=idempotency_key, request_sha256=digest,
-                                   max_attempts=services.settings.max_attempts)
+                                   max_attempts=services.settings.max_attempts, gpus=getattr(spec, "gpus", 1))
     if created:
         job.inputs = RESOLVERS[spec.kind](session, principal.project, job.id, spec)
         session.flush()

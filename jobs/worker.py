@@ -51,7 +51,8 @@ class Worker:
             uploads.expire_uploads(session, self.ctx.store)
             session.commit()
         with self.ctx.session_factory() as session:
-            job = jobs.claim_next(session, worker_id=self.worker_id, kinds=tuple(HANDLERS))
+            job = jobs.claim_next(session, worker_id=self.worker_id, kinds=tuple(HANDLERS),
+                                  max_gpus=len(self.gpus.split(",")) if self.gpus else None)
             session.commit()
         if job is None:
             return None

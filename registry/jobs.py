@@ -23,7 +23,7 @@ FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def submit_job(session: Session, *, project: str, kind: str, spec: dict, idempotency_key: str | None,
-               request_sha256: str, max_attempts: int) -> tuple[Job, bool]:
+               request_sha256: str, max_attempts: int, gpus: int = 1) -> tuple[Job, bool]:
     """Same Idempotency-Key and same body: the existing job. Same key, other body: 409."""
     if idempotency_key is not None:
         if not 0 < len(idempotency_key) <= 255:
@@ -36,7 +36,7 @@ def submit_job(session: Session, *, project: str, kind: str, spec: dict, idempot
             return existing, False
     job = Job(id=f"job_{uuid.uuid4().hex}", project=project, kind=kind, spec=spec, inputs={}, status="queued",
               attempts=0, max_attempts=max_attempts, idempotency_key=idempotency_key,
-              request_sha256=request_sha256, cancel_requested=False)
+              request_sha256=request_sha256, cancel_requested=False, gpus=gpus)
     session.add(job)
     session.flush()
     add_event(session, job_id=job.id, type="status", data={"status": "queued"})
@@ -114,11 +114,16 @@ def requeue_stale(session: Session, *, heartbeat_timeout_s: float) -> list[str]:
     return [j.id for j in stale]
 
 
-def claim_next(session: Session, *, worker_id: str, kinds: tuple[str, ...] | None = None) -> Job | None:
+def claim_next(session: Session, *, worker_id: str, kinds: tuple[str, ...] | None = None,
+               max_gpus: int | None = None) -> Job | None:
+    """The oldest queued job this worker can run; max_gpus: how many GPUs it was given (None: no limit, a
+    worker on the CPU or one that uses whatever it sees). A job needing more stays queued for a bigger one."""
     stmt = (select(Job).where(Job.status == "queued").order_by(Job.created_at, Job.id).limit(1)
             .with_for_update(skip_locked=True))
     if kinds:
         stmt = stmt.where(Job.kind.in_(kinds))
+    if max_gpus is not None:
+        stmt = stmt.where(Job.gpus <= max_gpus)
     job = session.scalar(stmt)
     if job is None:
         return None

@@ -55,3 +55,29 @@ def test_stale_jobs_are_requeued_then_failed_after_max_attempts(services):
         # a late heartbeat or result from a dead worker is ignored
         assert jobs.heartbeat(session, job_id=job.id, worker_id="dead-2") == (False, False)
         assert not jobs.finish_job(session, job_id=job.id, worker_id="dead-2", status="succeeded")
+
+
+def test_a_worker_claims_only_jobs_that_fit_its_gpus(services):
+    with services.session_factory() as session:
+        big, _ = jobs.submit_job(session, project="p", kind="train", spec={}, idempotency_key=None,
+                                 request_sha256="x", max_attempts=3, gpus=2)
+        small, _ = jobs.submit_job(session, project="p", kind="train", spec={}, idempotency_key=None,
+                                   request_sha256="y", max_attempts=3)
+        big_id, small_id = big.id, small.id
+        session.commit()
+    with services.session_factory() as session:  # the older 2-GPU job waits; the 1-GPU worker takes the other
+        assert jobs.claim_next(session, worker_id="one-gpu", max_gpus=1).id == small_id
+        assert jobs.claim_next(session, worker_id="one-gpu", max_gpus=1) is None
+        session.commit()
+    with services.session_factory() as session:
+        assert jobs.claim_next(session, worker_id="two-gpus", max_gpus=2).id == big_id
+        session.commit()
+
+
+def test_submitted_train_jobs_record_the_gpus_they_need(client, base_model):
+    from tests.jobs.helpers import train_spec, upload_dataset
+
+    upload_dataset(client)
+    job = client.post("/v1/jobs", json=train_spec(gpus=2)).json()
+    with client.app.state.services.session_factory() as session:
+        assert session.get(Job, job["id"]).gpus == 2
