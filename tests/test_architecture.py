@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCH = {"torch", "transformers", "peft", "accelerate", "safetensors.torch"}
-SQL = {"sqlalchemy", "alembic", "psycopg", "registry"}
+SQL = {"sqlalchemy", "alembic", "psycopg", "psycopg2", "asyncpg", "sqlite3", "registry"}
 
 # package -> top-level modules it must not import
 FORBIDDEN = {
@@ -23,13 +23,25 @@ TORCH_FREE_ADAPTERIO = {"peft_format", "safetensors_header", "adapter_check", "c
 
 
 def imports_of(path: Path) -> set[str]:
+    return imports_in(path.read_text(), package=list(path.relative_to(ROOT).parent.parts))
+
+
+def imports_in(source: str, package: list[str]) -> set[str]:
+    """Absolute names of every module `source` imports, relative imports resolved against `package`."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            found |= {module} if node.module else {f"{module}.{a.name}" for a in node.names}
     return found
+
+
+def test_relative_imports_are_resolved():
+    source = "from ..registry import jobs\nfrom . import masks\nfrom .step import train_step\n"
+    assert imports_in(source, ["training"]) == {"registry", "training.masks", "training.step"}
 
 
 def violates(name: str, banned: set[str]) -> bool:
