@@ -71,3 +71,24 @@ def lora_scale(config: dict, module: str) -> float:
     """s in dW = s * B @ A: alpha / r, or alpha / sqrt(r) with rsLoRA."""
     r, alpha = module_rank_alpha(config, module)
     return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+
+
+_NOT_MERGEABLE = {
+    "use_dora": "DoRA (its magnitude vector does not merge as B @ A)",
+    "modules_to_save": "modules_to_save (full weights, not factors)",
+    "target_parameters": "target_parameters (nn.Parameter LoRA)",
+    "lora_bias": "lora_bias",
+}
+
+
+def merge_blocker(config: dict) -> str | None:
+    """Why a PEFT LoRA config cannot be merged as factors (None: it can). Shared by the merger and by
+    merge submission, so a merge the worker would refuse is refused at the door."""
+    if config.get("peft_type") != "LORA":
+        return f"peft_type is {config.get('peft_type')!r}; only LoRA adapters can be merged"
+    for key, what in _NOT_MERGEABLE.items():
+        if config.get(key):
+            return f"uses {what}; only plain LoRA factors can be merged"
+    if config.get("bias", "none") != "none":
+        return f"bias={config['bias']!r} trains biases; only bias='none' adapters can be merged"
+    return None

@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 
 from adapterio.peft_format import (
-    ADAPTER_CONFIG, ADAPTER_WEIGHTS, LORI_MASKS, lora_scale, module_rank_alpha, parse_lora_key,
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, LORI_MASKS, lora_scale, merge_blocker, module_rank_alpha, parse_lora_key,
 )
 from adapterio.safetensors_header import SafetensorsHeader, read_header_from_path
 
@@ -79,19 +79,9 @@ def read_config(path: Path) -> dict:
     if not config_path.is_file() or not weights_path.is_file():
         raise ValueError(f"{path}: not a PEFT adapter folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})")
     config = json.loads(config_path.read_text())
-    if config.get("peft_type") != "LORA":
-        raise ValueError(f"{path}: peft_type is {config.get('peft_type')!r}; only LoRA adapters can be merged")
-    unsupported = {
-        "use_dora": "DoRA (its magnitude vector does not merge as B @ A)",
-        "modules_to_save": "modules_to_save (full weights, not factors)",
-        "target_parameters": "target_parameters (nn.Parameter LoRA)",
-        "lora_bias": "lora_bias",
-    }
-    for key, what in unsupported.items():
-        if config.get(key):
-            raise ValueError(f"{path}: uses {what}; only plain LoRA factors can be merged")
-    if config.get("bias", "none") != "none":
-        raise ValueError(f"{path}: bias={config['bias']!r} trains biases; only bias='none' adapters can be merged")
+    blocker = merge_blocker(config)
+    if blocker:
+        raise ValueError(f"{path}: {blocker}")
     return config
 
 

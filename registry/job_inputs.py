@@ -6,7 +6,7 @@ import secrets
 
 from sqlalchemy.orm import Session
 
-from adapterio.peft_format import LORI_MASKS
+from adapterio.peft_format import LORI_MASKS, merge_blocker
 from registry import adapters, jobs
 from registry.base_models import get_base_model
 from registry.datasets import get_dataset
@@ -71,6 +71,10 @@ def resolve_train(session: Session, *, project: str, job_id: str, method: str, b
 
 def resolve_merge(session: Session, *, project: str, refs: list[tuple[str, str]]) -> dict:
     versions = [adapters.resolve_version(session, project=project, name=n, ref=r) for n, r in refs]
+    for (name, _), v in zip(refs, versions):
+        blocker = merge_blocker(v.config)
+        if blocker:
+            raise InvalidInput(f"{name!r} version {v.version} {blocker}")
     bases = {v.adapter.base_model_id for v in versions}
     if len(bases) != 1:
         raise InvalidInput("all merge inputs must share one base model; got "

@@ -181,3 +181,22 @@ def test_staging_a_result_folder_that_fails_leaves_no_temp_file(services, tmp_pa
     with pytest.raises(OSError, match="No space"):
         stage_folder(ctx, folder)
     assert not [p for p in services.store.temp_dir().iterdir() if p.is_file()]
+
+
+def test_a_merge_the_worker_would_refuse_is_refused_at_submission(client, services, base_model, tiny_model_dir,
+                                                                  tmp_path):
+    import json
+
+    from tests.app.helpers import snapshot
+
+    folder = save_peft_adapter(tiny_model_dir, tmp_path / "dora", r=4, alpha=8, seed=3)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "bias": "all"}))
+    assert upload_folder(client, folder, name="biased").status_code == 201  # a valid PEFT adapter to keep
+    before = snapshot(services)
+    for path, body in (("/v1/merges", {"inputs": [{"adapter": "biased"}], "method": "concat", "output_name": "m"}),
+                       ("/v1/jobs", {"kind": "merge", "inputs": [{"adapter": "biased"}], "method": "concat",
+                                     "output_name": "m"})):
+        r = client.post(path, json=body)
+        assert r.status_code == 422 and "bias='all'" in r.json()["detail"], r.text
+    assert snapshot(services) == before
