@@ -2,22 +2,15 @@
 that has touched CUDA breaks it, and a fresh interpreter keeps the worker itself torch-free."""
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import traceback
 
-
-def _die_with_parent() -> None:
-    """If the worker is SIGKILLed, the kernel kills us too (Linux); elsewhere should_stop polls getppid."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+from training.parent_death import signal_on_parent_death
 
 
 def child_main(kind: str, task: dict, events, stop, gpus: str | None) -> None:
-    _die_with_parent()
+    signal_on_parent_death(signal.SIGKILL)  # worker SIGKILLed: so are we (elsewhere should_stop polls getppid)
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus  # before anything imports torch
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from registered local folders, never a hub

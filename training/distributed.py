@@ -13,7 +13,6 @@ adapter folder are those of run_training, so a job can resume on another number 
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -27,6 +26,7 @@ from typing import Callable
 import torch
 
 from training.config import TrainConfig
+from training.parent_death import signal_on_parent_death
 from training.recipe import TrainingStopped, TrainResult
 
 STOP_GRACE_S = 30.0  # a run that has not stopped this long after the stop request is killed
@@ -134,11 +134,7 @@ def _kill(process: subprocess.Popen) -> None:
         process.wait()
 
 
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
-
-
 def _terminate_with_parent() -> None:
     """In the launcher, before exec: SIGTERM it when this process dies (a cancelled job's child is killed
     by its worker), so no orphaned torchrun keeps the GPUs training."""
-    if _prctl is not None:
-        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    signal_on_parent_death(signal.SIGTERM)

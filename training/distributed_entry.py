@@ -13,7 +13,6 @@ writes {"status": "failed", "rank", "error", "traceback"} to status_path + ".ran
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -21,13 +20,7 @@ import sys
 import traceback
 from pathlib import Path
 
-
-def _die_with_launcher() -> None:
-    """torchrun starts each rank in a session of its own: if torchrun is SIGKILLed, take this rank down too."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+from training.parent_death import signal_on_parent_death
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -38,7 +31,7 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def main(task_path: str) -> int:
-    _die_with_launcher()
+    signal_on_parent_death(signal.SIGKILL)  # torchrun runs each rank in its own session: SIGKILLed with it
     task = json.loads(Path(task_path).read_text())
     status_path = Path(task["status_path"])
     rank = int(os.environ.get("RANK", 0))
