@@ -152,7 +152,7 @@ class Worker:
         return outcome
 
     def _clean_job_dir(self, job_id: str, *, keep_output: bool) -> None:
-        job_dir = self.ctx.store.root / "jobs" / job_id
+        job_dir = self.ctx.store.job_dir(job_id)
         if not keep_output:
             shutil.rmtree(job_dir, ignore_errors=True)
             return

@@ -88,6 +88,7 @@ class BlobStore(Protocol):
     def exists(self, sha256: str) -> bool: ...
     def delete(self, sha256: str) -> None: ...
     def temp_dir(self) -> Path: ...
+    def job_dir(self, job_id: str) -> Path: ...
 
 
 class LocalBlobStore:
@@ -101,6 +102,10 @@ class LocalBlobStore:
     def temp_dir(self) -> Path:
         """Scratch space on the same filesystem as the blobs, so promotion is a rename."""
         return self._tmp
+
+    def job_dir(self, job_id: str) -> Path:
+        """Where a job keeps checkpoints and output (shared storage in a scale-out setup); not created here."""
+        return self.root / "jobs" / job_id
 
     def stage(self, max_bytes: int | None = None) -> StagedFile:
         return StagedFile(self._tmp / f"stage-{uuid.uuid4().hex}", max_bytes)

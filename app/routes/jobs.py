@@ -43,7 +43,7 @@ def get_job(job_id: str, principal: Reader, session: SessionDep) -> JobPublic:
 def download_output(job_id: str, principal: Reader, session: SessionDep, services: ServicesDep) -> Response:
     """What an export job produced (a full checkpoint), as a tar stream."""
     job = jobs.get_job(session, project=principal.project, job_id=job_id)
-    out = services.store.root / "jobs" / job.id / "out"
+    out = services.store.job_dir(job.id) / "out"
     if job.status != "succeeded" or not out.is_dir():
         raise Conflict(f"job {job_id} has no downloadable output (kind {job.kind}, status {job.status})")
     files = [(p.name, p.stat().st_size, p) for p in sorted(out.iterdir()) if p.is_file()]

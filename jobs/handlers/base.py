@@ -22,7 +22,7 @@ class WorkerContext:
 
     def job_dir(self, job_id: str) -> Path:
         """Per-job scratch beside the blobs (shared storage in a scale-out setup): checkpoints and output."""
-        path = self.store.root / "jobs" / job_id
+        path = self.store.job_dir(job_id)
         path.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -156,7 +156,7 @@ def test_an_export_whose_result_cannot_be_stored_leaves_no_checkpoint_behind(cli
     worker_for(services).run_once()
     done = client.get(f"/v1/jobs/{job['id']}").json()
     assert done["status"] == "failed" and "database went away" in done["error"]
-    assert not (services.store.root / "jobs" / job["id"]).exists()
+    assert not services.store.job_dir(job["id"]).exists()
 
 
 def test_staging_a_result_folder_that_fails_leaves_no_temp_file(services, tmp_path, monkeypatch):
